@@ -1,0 +1,178 @@
+"""Trust-region entropy (TRE): entropy restricted to the plausible tokens, as in the authors' verl fork.
+
+Semantics (notes/seed-spec.md §1), per position with logits z over a vocabulary of size V:
+  * neither top_k nor top_p: full Shannon entropy H(softmax(z)).
+  * TRE-K, K >= 2: H(softmax(z_S)) * ln V / ln K, S = the K largest logits.
+  * TRE-K, K == 1: -ln p_max = logsumexp(z) - max(z), over the full vocabulary, unscaled.
+  * TRE-P: S = the smallest prefix of the `max_candidates` most probable tokens whose preceding mass is < p
+    (the top token always kept); H(softmax(z_S)) * ln V / ln |S|, and exactly 0 where |S| == 1.
+
+Implementation: one autograd Function walks the positions in chunks. Forward needs, per chunk, only the
+top candidates (and, for TRE-P, a row-wise logsumexp computed in bounded blocks), so no full-vocabulary
+probability tensor is ever held. Backward is analytic: for a restricted softmax q over a set S,
+dH/dz_j = -q_j (ln q_j + H) for j in S and 0 elsewhere, so the gradient is scattered from the small
+candidate tensor. The full-entropy and K == 1 modes recompute their chunk in backward instead of saving
+N x V activations. All arithmetic is fp32 whatever the input dtype; the gradient has the input's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+__all__ = ["trust_region_entropy", "DEFAULT_MAX_CANDIDATES"]
+
+DEFAULT_MAX_CANDIDATES = 256  # the authors' hard-coded cap on the TRE-P candidate list
+# Elements of fp32 scratch allowed per block when a mode must touch the whole vocabulary (logsumexp for
+# TRE-P's mass, full entropy, K == 1). Bounds the transient memory of an unchunked call as well.
+_BLOCK_ELEMS = 1 << 22
+
+
+def _validate(logits: torch.Tensor, top_k, top_p, max_candidates, chunk_size) -> None:
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits: must be a floating-point tensor, got {got}")
+    if logits.dim() < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"logits: must have a non-empty last (vocabulary) dimension, got shape {tuple(logits.shape)}")
+    vocab = logits.shape[-1]
+    if top_k is not None and top_p is not None:
+        raise ValueError("top_k/top_p: give at most one of them (TRE-K or TRE-P), got both")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab):
+        raise ValueError(f"top_k: must be an integer in [1, {vocab}] (the vocabulary size), got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0.0 < top_p < 1.0):
+        raise ValueError(f"top_p: must be a number in the open interval (0, 1), got {top_p!r}")
+    if isinstance(max_candidates, bool) or not isinstance(max_candidates, int) or max_candidates < 1:
+        raise ValueError(f"max_candidates: must be an integer >= 1, got {max_candidates!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size: must be None or an integer >= 1, got {chunk_size!r}")
+
+
+def _restricted_entropy(z: torch.Tensor, keep: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Entropy of softmax over the kept entries of fp32 z (N, M); returns (H, q, log q) with q = 0 off the set."""
+    if keep is None:
+        keep = torch.isfinite(z)
+    else:
+        keep = keep & torch.isfinite(z)
+    z_in = torch.where(keep, z, torch.zeros((), dtype=z.dtype, device=z.device))
+    lse = torch.logsumexp(torch.where(keep, z, torch.full((), -math.inf, dtype=z.dtype, device=z.device)), dim=-1, keepdim=True)
+    log_q = torch.where(keep, z_in - lse, torch.zeros((), dtype=z.dtype, device=z.device))
+    q = torch.where(keep, log_q.exp(), torch.zeros((), dtype=z.dtype, device=z.device))
+    h = -(q * log_q).sum(-1)
+    return h, q, log_q
+
+
+def _blockwise(rows: torch.Tensor, fn) -> torch.Tensor:
+    """Apply a row-wise fn to fp32 copies of `rows` in blocks of bounded size; concatenates the results."""
+    n, v = rows.shape
+    step = max(1, _BLOCK_ELEMS // max(v, 1))
+    if n <= step:
+        return fn(rows.float())
+    return torch.cat([fn(rows[i : i + step].float()) for i in range(0, n, step)])
+
+
+def _full_entropy_rows(z: torch.Tensor) -> torch.Tensor:
+    return _restricted_entropy(z)[0]
+
+
+def _neg_log_pmax_rows(z: torch.Tensor) -> torch.Tensor:
+    finite = torch.where(torch.isfinite(z), z, torch.full((), -math.inf, dtype=z.dtype, device=z.device))
+    return torch.logsumexp(finite, -1) - finite.amax(-1)
+
+
+def _full_grad_rows(z: torch.Tensor) -> torch.Tensor:
+    """d H(softmax(z)) / dz for fp32 rows z."""
+    h, q, log_q = _restricted_entropy(z)
+    return -q * (log_q + h.unsqueeze(-1))
+
+
+def _neg_log_pmax_grad_rows(z: torch.Tensor) -> torch.Tensor:
+    """d(logsumexp(z) - max z)/dz = softmax(z) - onehot(argmax z)."""
+    p = torch.softmax(torch.where(torch.isfinite(z), z, torch.full((), -math.inf, dtype=z.dtype, device=z.device)), -1)
+    return p.scatter_add(-1, z.argmax(-1, keepdim=True), torch.full((z.shape[0], 1), -1.0, dtype=z.dtype, device=z.device))
+
+
+class _TRE(torch.autograd.Function):
+    """Chunked forward / analytic backward of every entropy mode on 2-D logits (N, V)."""
+
+    @staticmethod
+    def forward(ctx, logits, top_k, top_p, max_candidates, chunk):
+        n, vocab = logits.shape
+        log_v = math.log(vocab) if vocab > 1 else 0.0
+        out = torch.empty(n, dtype=torch.float32, device=logits.device)
+        # Per-chunk tensors the backward needs: (candidate indices, d out / d candidate logit).
+        idx_parts, dz_parts = [], []
+        mode = "full" if top_k is None and top_p is None else ("min" if top_k == 1 else ("k" if top_k else "p"))
+        for s in range(0, n, chunk):
+            x = logits[s : s + chunk]
+            if mode == "full":
+                out[s : s + chunk] = _blockwise(x, _full_entropy_rows)
+                continue
+            if mode == "min":
+                out[s : s + chunk] = _blockwise(x, _neg_log_pmax_rows)
+                continue
+            m = top_k if mode == "k" else min(max_candidates, vocab)
+            vals, idx = torch.topk(x, m, dim=-1, sorted=True)
+            z = vals.float()
+            if mode == "k":
+                h, q, log_q = _restricted_entropy(z)
+                scale = torch.full_like(h, log_v / math.log(top_k))
+            else:
+                lse = _blockwise(x, lambda r: torch.logsumexp(r, -1))
+                probs = torch.exp(z - lse.unsqueeze(-1))
+                mass_before = torch.cumsum(probs, -1) - probs  # exclusive cumulative sum, sorted descending
+                keep = mass_before < top_p
+                keep[:, 0] = True
+                count = keep.sum(-1)
+                h, q, log_q = _restricted_entropy(z, keep)
+                multi = count >= 2
+                scale = torch.where(multi, log_v / torch.log(count.clamp(min=2).float()), torch.zeros_like(h))
+            out[s : s + chunk] = h * scale
+            if ctx.needs_input_grad[0]:
+                dz_parts.append(-q * (log_q + h.unsqueeze(-1)) * scale.unsqueeze(-1))
+                idx_parts.append(idx)
+        ctx.mode, ctx.chunk, ctx.in_dtype = mode, chunk, logits.dtype
+        if mode in ("full", "min"):
+            ctx.save_for_backward(logits)
+        elif ctx.needs_input_grad[0]:
+            ctx.save_for_backward(torch.cat(idx_parts), torch.cat(dz_parts))
+            ctx.shape = logits.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        g = grad_out.float().unsqueeze(-1)
+        if ctx.mode in ("full", "min"):
+            (logits,) = ctx.saved_tensors
+            row_grad = _full_grad_rows if ctx.mode == "full" else _neg_log_pmax_grad_rows
+            grad = torch.empty_like(logits)
+            for s in range(0, logits.shape[0], ctx.chunk):
+                e = s + ctx.chunk
+                grad[s:e] = _blockwise(logits[s:e], row_grad).mul_(g[s:e]).to(ctx.in_dtype)
+            return grad, None, None, None, None
+        idx, dz = ctx.saved_tensors
+        grad = torch.zeros(ctx.shape, dtype=ctx.in_dtype, device=idx.device)
+        grad.scatter_(-1, idx, (dz * g).to(ctx.in_dtype))
+        return grad, None, None, None, None
+
+
+def trust_region_entropy(
+    logits: torch.Tensor,
+    *,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    chunk_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Per-position (trust-region) entropy of `logits` (..., V): fp32, shape logits.shape[:-1], differentiable."""
+    _validate(logits, top_k, top_p, max_candidates, chunk_size)
+    lead = logits.shape[:-1]
+    flat = logits.reshape(-1, logits.shape[-1])
+    n = flat.shape[0]
+    if n == 0:
+        return logits.float().sum(-1)  # empty: keeps shape, dtype and the autograd graph
+    chunk = n if chunk_size is None else min(chunk_size, n)
+    return _TRE.apply(flat, top_k, None if top_p is None else float(top_p), max_candidates, chunk).reshape(lead)
