@@ -11,8 +11,9 @@ Implementation: one autograd Function walks the positions in chunks. Forward nee
 top candidates (and, for TRE-P, a row-wise logsumexp computed in bounded blocks), so no full-vocabulary
 probability tensor is ever held. Backward is analytic: for a restricted softmax q over a set S,
 dH/dz_j = -q_j (ln q_j + H) for j in S and 0 elsewhere, so the gradient is scattered from the small
-candidate tensor. The full-entropy and K == 1 modes recompute their chunk in backward instead of saving
-N x V activations. All arithmetic is fp32 whatever the input dtype; the gradient has the input's dtype.
+candidate tensor. The full-entropy and K == 1 modes, and every mode when chunked, recompute their chunk in
+backward instead of saving per-position activations. All arithmetic is fp32 whatever the input dtype; the
+gradient has the input's dtype.
 """
 
 from __future__ import annotations
@@ -93,51 +94,55 @@ def _neg_log_pmax_grad_rows(z: torch.Tensor) -> torch.Tensor:
     return p.scatter_add(-1, z.argmax(-1, keepdim=True), torch.full((z.shape[0], 1), -1.0, dtype=z.dtype, device=z.device))
 
 
+def _candidate_terms(x: torch.Tensor, mode: str, top_k, top_p, max_candidates: int, need_grad: bool):
+    """For TRE-K/TRE-P rows x: (entropy, candidate indices, d entropy / d candidate logit or None)."""
+    vocab = x.shape[-1]
+    log_v = math.log(vocab)
+    vals, idx = torch.topk(x, top_k if mode == "k" else min(max_candidates, vocab), dim=-1, sorted=True)
+    z = vals.float()
+    if mode == "k":
+        h, q, log_q = _restricted_entropy(z)
+        scale = torch.full_like(h, log_v / math.log(top_k))
+    else:
+        lse = _blockwise(x, lambda r: torch.logsumexp(r, -1))
+        probs = torch.exp(z - lse.unsqueeze(-1))
+        keep = (torch.cumsum(probs, -1) - probs) < top_p  # exclusive cumulative mass, sorted descending
+        keep[:, 0] = True
+        count = keep.sum(-1)
+        h, q, log_q = _restricted_entropy(z, keep)
+        scale = torch.where(count >= 2, log_v / torch.log(count.clamp(min=2).float()), torch.zeros_like(h))
+    dz = -q * (log_q + h.unsqueeze(-1)) * scale.unsqueeze(-1) if need_grad else None
+    return h * scale, idx, dz
+
+
 class _TRE(torch.autograd.Function):
-    """Chunked forward / analytic backward of every entropy mode on 2-D logits (N, V)."""
+    """Chunked forward / analytic backward of every entropy mode on 2-D logits (N, V).
+
+    Unchunked TRE-K/TRE-P keep each position's candidate indices and derivatives (N x M) for backward;
+    chunked calls keep nothing per position and recompute them chunk by chunk, so extra memory stays
+    O(chunk x V) however many positions there are.
+    """
 
     @staticmethod
     def forward(ctx, logits, top_k, top_p, max_candidates, chunk):
-        n, vocab = logits.shape
-        log_v = math.log(vocab) if vocab > 1 else 0.0
-        out = torch.empty(n, dtype=torch.float32, device=logits.device)
-        # Per-chunk tensors the backward needs: (candidate indices, d out / d candidate logit).
-        idx_parts, dz_parts = [], []
+        n = logits.shape[0]
         mode = "full" if top_k is None and top_p is None else ("min" if top_k == 1 else ("k" if top_k else "p"))
+        keep_terms = mode in ("k", "p") and chunk >= n and ctx.needs_input_grad[0]
+        out = torch.empty(n, dtype=torch.float32, device=logits.device)
         for s in range(0, n, chunk):
             x = logits[s : s + chunk]
             if mode == "full":
                 out[s : s + chunk] = _blockwise(x, _full_entropy_rows)
-                continue
-            if mode == "min":
+            elif mode == "min":
                 out[s : s + chunk] = _blockwise(x, _neg_log_pmax_rows)
-                continue
-            m = top_k if mode == "k" else min(max_candidates, vocab)
-            vals, idx = torch.topk(x, m, dim=-1, sorted=True)
-            z = vals.float()
-            if mode == "k":
-                h, q, log_q = _restricted_entropy(z)
-                scale = torch.full_like(h, log_v / math.log(top_k))
             else:
-                lse = _blockwise(x, lambda r: torch.logsumexp(r, -1))
-                probs = torch.exp(z - lse.unsqueeze(-1))
-                mass_before = torch.cumsum(probs, -1) - probs  # exclusive cumulative sum, sorted descending
-                keep = mass_before < top_p
-                keep[:, 0] = True
-                count = keep.sum(-1)
-                h, q, log_q = _restricted_entropy(z, keep)
-                multi = count >= 2
-                scale = torch.where(multi, log_v / torch.log(count.clamp(min=2).float()), torch.zeros_like(h))
-            out[s : s + chunk] = h * scale
-            if ctx.needs_input_grad[0]:
-                dz_parts.append(-q * (log_q + h.unsqueeze(-1)) * scale.unsqueeze(-1))
-                idx_parts.append(idx)
-        ctx.mode, ctx.chunk, ctx.in_dtype = mode, chunk, logits.dtype
-        if mode in ("full", "min"):
+                out[s : s + chunk], idx, dz = _candidate_terms(x, mode, top_k, top_p, max_candidates, keep_terms)
+        ctx.mode, ctx.chunk, ctx.params = mode, chunk, (top_k, top_p, max_candidates)
+        if keep_terms:
+            ctx.save_for_backward(idx, dz)
+            ctx.shape, ctx.in_dtype = logits.shape, logits.dtype
+        else:
             ctx.save_for_backward(logits)
-        elif ctx.needs_input_grad[0]:
-            ctx.save_for_backward(torch.cat(idx_parts), torch.cat(dz_parts))
-            ctx.shape = logits.shape
         return out
 
     @staticmethod
@@ -145,17 +150,22 @@ class _TRE(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         g = grad_out.float().unsqueeze(-1)
+        if len(ctx.saved_tensors) == 2:
+            idx, dz = ctx.saved_tensors
+            grad = torch.zeros(ctx.shape, dtype=ctx.in_dtype, device=idx.device)
+            grad.scatter_(-1, idx, (dz * g).to(ctx.in_dtype))
+            return grad, None, None, None, None
+        (logits,) = ctx.saved_tensors
         if ctx.mode in ("full", "min"):
-            (logits,) = ctx.saved_tensors
             row_grad = _full_grad_rows if ctx.mode == "full" else _neg_log_pmax_grad_rows
             grad = torch.empty_like(logits)
             for s in range(0, logits.shape[0], ctx.chunk):
-                e = s + ctx.chunk
-                grad[s:e] = _blockwise(logits[s:e], row_grad).mul_(g[s:e]).to(ctx.in_dtype)
+                grad[s : s + ctx.chunk] = _blockwise(logits[s : s + ctx.chunk], row_grad).mul_(g[s : s + ctx.chunk]).to(logits.dtype)
             return grad, None, None, None, None
-        idx, dz = ctx.saved_tensors
-        grad = torch.zeros(ctx.shape, dtype=ctx.in_dtype, device=idx.device)
-        grad.scatter_(-1, idx, (dz * g).to(ctx.in_dtype))
+        grad = torch.zeros_like(logits)
+        for s in range(0, logits.shape[0], ctx.chunk):
+            _, idx, dz = _candidate_terms(logits[s : s + ctx.chunk], ctx.mode, *ctx.params, need_grad=True)
+            grad[s : s + ctx.chunk].scatter_(-1, idx, (dz * g[s : s + ctx.chunk]).to(logits.dtype))
         return grad, None, None, None, None
 
 
