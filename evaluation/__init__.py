@@ -1,0 +1,1 @@
+"""Evaluation side of the TRE harness: tasks (prepare, score), reward model, checkpoint evaluation."""

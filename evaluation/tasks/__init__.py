@@ -1,0 +1,48 @@
+"""The three RL tasks (MATH, Countdown, HH): registry, and verl's reward entry point routed by data_source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from evaluation.tasks import countdown, hh, math_lighteval
+
+TASKS: dict[str, ModuleType] = {"math": math_lighteval, "countdown": countdown, "hh": hh}
+FIXTURES_DIR = Path(__file__).parent / "fixtures"
+
+# The data sources the authors route to the MATH scorer (seed-spec §6).
+MATH_DATA_SOURCES = (
+    "DigitalLearningGmbH/MATH-lighteval",
+    "lighteval/MATH",
+    "math-ai/aime25",
+    "math-ai/math500",
+)
+
+
+def get_task(name: str) -> ModuleType:
+    """The task module registered under `name`."""
+    try:
+        return TASKS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"task: must be one of {', '.join(TASKS)}, got {name!r}") from None
+
+
+def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Any = None,
+    *,
+    math_scorer: str | None = None,
+) -> float:
+    """verl `custom_reward_function`: the task reward, routed by data_source in the authors' order."""
+    del extra_info
+    if "countdown" in data_source:
+        return countdown.score(solution_str, ground_truth)
+    if "hh" in data_source.lower():
+        return hh.score(solution_str, ground_truth)
+    if data_source in MATH_DATA_SOURCES:
+        return math_lighteval.score(solution_str, ground_truth, scorer=math_scorer)
+    allowed = ", ".join(["countdown", "hh", *MATH_DATA_SOURCES])
+    raise ValueError(f"data_source: must be one of {allowed}, got {data_source!r}")

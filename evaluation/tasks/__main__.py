@@ -1,0 +1,90 @@
+"""CLI: python -m evaluation.tasks prepare TASK --out DIR [--source PATH|HUB_ID] [--train-size N] [--test-size N]."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from evaluation.tasks import FIXTURES_DIR, TASKS, get_task
+from evaluation.tasks.common import DataUnavailable
+
+EPILOG = f"""\
+sources:
+  without --source the task's Hugging Face hub dataset is loaded (needs hub access):
+    math       DigitalLearningGmbH/MATH-lighteval  (train 7,500 / test 5,000 splits)
+    countdown  Jiayi-Pan/Countdown-Tasks-3to4-Unique  (train split: first 7,500 / next 5,000 rows)
+    hh         trl-lib/ultrafeedback_binarized  (train split shuffled with seed 42: first 7,500 / next 5,000)
+  --source PATH reads a local .jsonl/.json/.parquet file in the hub schema and takes the first N rows for train
+  and the next M for test (hh: after the seed-42 shuffle); for math a directory with train.* and test.* keeps its
+  own splits. --source ID loads another hub dataset with the same schema.
+  countdown --generate makes tasks with our seeded generator instead (offline, every task solvable).
+
+offline fixtures (synthetic, in {FIXTURES_DIR}):
+  math.jsonl          30 problems     e.g. --train-size 20 --test-size 10
+  countdown.jsonl     64 tasks        e.g. --train-size 48 --test-size 16
+  ultrafeedback.jsonl 40 preferences  e.g. --train-size 30 --test-size 10
+"""
+
+
+def _non_negative(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m evaluation.tasks` argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m evaluation.tasks", description="Prepare task data for verl.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    prepare = commands.add_parser(
+        "prepare",
+        help="write DIR/train.parquet and DIR/test.parquet in verl's RLHFDataset schema",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prepare.add_argument("task", choices=list(TASKS), metavar="TASK", help=f"one of {', '.join(TASKS)}")
+    prepare.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    prepare.add_argument("--source", metavar="PATH|HUB_ID", help="local file/directory or hub dataset id")
+    prepare.add_argument("--train-size", type=_non_negative, default=7500, metavar="N", help="train rows (7500)")
+    prepare.add_argument("--test-size", type=_non_negative, default=5000, metavar="N", help="test rows (5000)")
+    prepare.add_argument("--seed", type=int, metavar="S",
+                         help="hh: shuffle seed (42); countdown --generate: generator seed (0); unused by math")
+    prepare.add_argument("--generate", action="store_true", help="countdown only: use our seeded generator")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one line and return 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.generate and args.task != "countdown":
+        parser.error(f"--generate: only for task countdown, got {args.task!r}")
+    if args.generate and args.source is not None:
+        parser.error("--generate: give either --source or --generate, not both")
+    task = get_task(args.task)
+    kwargs = {"source": args.source, "train_size": args.train_size, "test_size": args.test_size}
+    if args.seed is not None:
+        kwargs["seed"] = args.seed
+    if args.generate:
+        kwargs["generated"] = True
+    try:
+        result = task.prepare(args.out, **kwargs)
+    except DataUnavailable as exc:
+        offline = "--generate, or --source " if args.task == "countdown" else "--source "
+        print(f"error: {exc} (offline: {offline}{task.FIXTURE} with small sizes, see --help)", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {args.task}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Countdown (Jiayi-Pan/Countdown-Tasks-3to4-Unique or our seeded generator): prompts, data, solver, reward."""
+
+from __future__ import annotations
+
+import ast
+import random
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+from collections.abc import Sequence
+
+from evaluation.tasks import common
+
+NAME = "countdown"
+DATA_SOURCE = "countdown"
+HUB_ID = "Jiayi-Pan/Countdown-Tasks-3to4-Unique"
+VAL_METRIC = f"val-core/{DATA_SOURCE}/reward/mean@1"
+MAX_RESPONSE_LENGTH = 512
+ABILITY = "math"
+FIXTURE = Path(__file__).parent / "fixtures" / "countdown.jsonl"
+FIXTURE_SEED = 2602
+
+# Bounds on untrusted model output: longer, deeper or bigger answers score 0 without being evaluated.
+MAX_EQUATION_CHARS = 1000
+MAX_NESTING = 100
+MAX_NODES = 200
+MAX_MAGNITUDE = 10**12
+TOLERANCE = 1e-5
+
+_ALLOWED_CHARS = re.compile(r"[0-9+\-*/().\s]+", re.ASCII)
+_INTEGERS = re.compile(r"[0-9]+", re.ASCII)
+_ANSWER_AFTER_THINK = re.compile(r"\s*<answer>")
+
+
+# ---------------------------------------------------------------- prompt and rows
+
+
+def make_prompt(numbers: Sequence[int], target: int) -> str:
+    """The authors' Countdown prompt (numbers printed as a Python list)."""
+    nums = [int(n) for n in numbers]
+    return (
+        f"Using the numbers {nums}, create an equation that equals {int(target)}. You can use basic arithmetic "
+        "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> tags. "
+        "And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>."
+    )
+
+
+def make_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
+    """One verl RLHFDataset row from a {target, nums} record."""
+    try:
+        numbers = [int(n) for n in record["nums"]]
+        target = int(record["target"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"nums/target: Countdown records need an integer list 'nums' and an integer 'target' "
+                         f"(row {index} of {split})") from None
+    return {
+        "data_source": DATA_SOURCE,
+        "prompt": common.chat_prompt(make_prompt(numbers, target)),
+        "ability": ABILITY,
+        "reward_model": {"style": "rule", "ground_truth": {"target": target, "numbers": numbers}},
+        "extra_info": {"split": split, "index": index},
+    }
+
+
+# ---------------------------------------------------------------- solver and generator
+
+
+def _combine(a: int, b: int) -> list[tuple[int, str]]:
+    """Every (value, op) with a non-negative integer result from `larger op smaller` of one pair (a, b)."""
+    hi, lo = max(a, b), min(a, b)
+    out = [(hi + lo, "+"), (hi - lo, "-"), (hi * lo, "*")]
+    if lo != 0 and hi % lo == 0:
+        out.append((hi // lo, "/"))
+    return out
+
+
+def reachable(numbers: Sequence[int]) -> dict[int, str]:
+    """Every value some expression using all numbers once reaches with non-negative integer intermediates."""
+    nums = [int(n) for n in numbers]
+    if not nums or any(n < 0 for n in nums):
+        raise ValueError(f"numbers: must be a non-empty list of non-negative integers, got {list(numbers)!r}")
+    # values[mask]: value -> expression over exactly the numbers in bitmask `mask`; composite expressions
+    # carry outer parentheses so they can be used as operands directly. Every expression tree splits its
+    # numbers into two disjoint groups at the root, so combining complementary sub-masks covers them all.
+    values: list[dict[int, str]] = [{} for _ in range(1 << len(nums))]
+    for i, n in enumerate(nums):
+        values[1 << i].setdefault(n, str(n))
+    for mask in range(1, 1 << len(nums)):
+        if mask & (mask - 1) == 0:
+            continue
+        table = values[mask]
+        sub = (mask - 1) & mask
+        while sub:
+            other = mask ^ sub
+            if sub < other:  # each unordered split once
+                for a, ea in values[sub].items():
+                    for b, eb in values[other].items():
+                        for value, op in _combine(a, b):
+                            if value not in table:
+                                left, right = (ea, eb) if a >= b else (eb, ea)
+                                table[value] = f"({left} {op} {right})"
+            sub = (sub - 1) & mask
+    full = values[-1]
+    if len(nums) == 1:
+        return dict(full)
+    return {value: expr[1:-1] for value, expr in full.items()}
+
+
+def solve(numbers: Sequence[int], target: int) -> str | None:
+    """An expression using every number once with non-negative integer intermediates that equals target, or None."""
+    return reachable(numbers).get(int(target))
+
+
+def generate(
+    n: int,
+    *,
+    seed: int,
+    min_numbers: int = 3,
+    max_numbers: int = 4,
+    min_number: int = 1,
+    max_number: int = 99,
+    min_target: int = 10,
+    max_target: int = 100,
+) -> list[dict[str, Any]]:
+    """n unique solvable tasks {target, nums} (Stream-of-Search recipe), deterministic given the seed."""
+    if n < 0:
+        raise ValueError(f"n: must be >= 0, got {n}")
+    if not 2 <= min_numbers <= max_numbers:
+        raise ValueError(
+            f"min_numbers/max_numbers: need 2 <= min_numbers <= max_numbers, got {min_numbers}, {max_numbers}"
+        )
+    if not 1 <= min_number <= max_number or not 0 <= min_target <= max_target:
+        raise ValueError(
+            "min_number/max_number/min_target/max_target: need 1 <= min <= max for numbers, 0 <= min <= max for targets"
+        )
+    rng = random.Random(seed)
+    tasks: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
+    max_attempts = 1000 * max(n, 1)
+    attempts = 0
+    while len(tasks) < n:
+        # Draw the size first, then redraw numbers and target until solvable, so 3- and 4-number tasks are
+        # equally common even though random 3-number draws are solvable far less often.
+        count = rng.randint(min_numbers, max_numbers)
+        while True:
+            attempts += 1
+            if attempts > max_attempts:
+                raise ValueError(f"generate: could not find {n} unique solvable tasks within these ranges")
+            target = rng.randint(min_target, max_target)
+            nums = [rng.randint(min_number, max_number) for _ in range(count)]
+            key = (tuple(sorted(nums)), target)
+            if key not in seen and target in reachable(nums):
+                break
+        seen.add(key)
+        tasks.append({"target": target, "nums": nums})
+    return tasks
+
+
+# ---------------------------------------------------------------- reward
+
+
+def extract_equation(solution_str: str) -> str | None:
+    """The answer of a response ending in `<think>...</think> <answer>...</answer>` (authors' regex, linear time)."""
+    # Same language as re.search(r"<think>.*?</think>\s*<answer>(.*?)</answer>$", s, re.DOTALL), written as
+    # plain scans so a 100 kB adversarial response cannot trigger quadratic backtracking.
+    if solution_str.endswith("</answer>"):
+        end = len(solution_str) - len("</answer>")
+    elif solution_str.endswith("</answer>\n"):
+        end = len(solution_str) - len("</answer>\n")
+    else:
+        return None
+    think = solution_str.find("<think>")
+    if think < 0:
+        return None
+    close = solution_str.find("</think>", think + len("<think>"))
+    while close >= 0:
+        match = _ANSWER_AFTER_THINK.match(solution_str, close + len("</think>"))
+        if match is not None and match.end() <= end:
+            return solution_str[match.end() : end].strip()
+        close = solution_str.find("</think>", close + 1)
+    return None
+
+
+class _Reject(Exception):
+    """The equation is outside the allowed language or bounds."""
+
+
+def _evaluate(node: ast.AST, budget: list[int]) -> Fraction:
+    """Exact value of an arithmetic AST of numbers, + - * / and unary signs; _Reject otherwise."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _Reject("too many nodes")
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body, budget)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        # Via repr so that 2.3 is 23/10, the value its digits say, not the binary float's long fraction.
+        value = Fraction(repr(node.value))
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        operand = _evaluate(node.operand, budget)
+        value = -operand if isinstance(node.op, ast.USub) else operand
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
+        left, right = _evaluate(node.left, budget), _evaluate(node.right, budget)
+        if isinstance(node.op, ast.Add):
+            value = left + right
+        elif isinstance(node.op, ast.Sub):
+            value = left - right
+        elif isinstance(node.op, ast.Mult):
+            value = left * right
+        else:
+            if right == 0:
+                raise ZeroDivisionError
+            value = left / right
+    else:
+        raise _Reject(type(node).__name__)
+    if abs(value.numerator) > MAX_MAGNITUDE or value.denominator > MAX_MAGNITUDE:
+        raise _Reject("magnitude")
+    return value
+
+
+def evaluate_equation(equation: str) -> Fraction | None:
+    """Exact value of an untrusted `+ - * / ()` equation, or None if invalid, too large or dividing by zero."""
+    if len(equation) > MAX_EQUATION_CHARS or not _ALLOWED_CHARS.fullmatch(equation):
+        return None
+    depth = 0
+    for char in equation:
+        depth += (char == "(") - (char == ")")
+        if depth > MAX_NESTING:
+            return None
+    try:
+        tree = ast.parse(equation.strip(), mode="eval")
+        return _evaluate(tree, [MAX_NODES])
+    except (SyntaxError, ValueError, RecursionError, MemoryError, ZeroDivisionError, OverflowError, _Reject):
+        return None
+
+
+def _ground_truth(ground_truth: Any) -> tuple[list[int], float]:
+    """(numbers, target) from a {target, numbers} mapping (lists may arrive as numpy arrays from parquet)."""
+    try:
+        numbers = [int(n) for n in ground_truth["numbers"]]
+        target = float(ground_truth["target"])
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise ValueError(
+            f"ground_truth: Countdown needs {{'target': int, 'numbers': [int, ...]}}, got {ground_truth!r:.200}"
+        ) from None
+    return numbers, target
+
+
+def score(solution_str: str, ground_truth: Any) -> float:
+    """Authors' Countdown reward: 1.0 if the final answer uses each number once and equals the target, else 0.0."""
+    numbers, target = _ground_truth(ground_truth)
+    equation = extract_equation(solution_str)
+    if equation is None or len(equation) > MAX_EQUATION_CHARS:
+        return 0.0
+    if sorted(int(n) for n in _INTEGERS.findall(equation)) != sorted(numbers):
+        return 0.0
+    value = evaluate_equation(equation)
+    if value is None:
+        return 0.0
+    return 1.0 if abs(float(value) - target) < TOLERANCE else 0.0
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_records(source: str | None) -> list[dict[str, Any]]:
+    """All {target, nums} records of the hub's train split or of a local file (directory: train.* then test.*)."""
+    if source is None or not common.is_local(source):
+        return common.load_hub(NAME, source or HUB_ID, "train")
+    path = Path(source)
+    if path.is_dir():
+        files = [common.split_file(path, split) for split in ("train", "test")]
+        if None in files:
+            raise ValueError(f"source: directory {str(path)!r} needs train.(jsonl|json|parquet) and test.(...)")
+        return [record for file in files for record in common.read_records(file)]
+    return common.read_records(path)
+
+
+def prepare(
+    out_dir: str | Path,
+    *,
+    source: str | None = None,
+    train_size: int = 7500,
+    test_size: int = 5000,
+    seed: int = 0,
+    generated: bool = False,
+) -> dict:
+    """Write Countdown train/test parquet: first train_size rows / next test_size rows of the source or generator."""
+    if generated and source is not None:
+        raise ValueError("source: give either a source or generated=True (--generate), not both")
+    if generated:
+        records = generate(train_size + test_size, seed=seed)
+        origin = f"generator(seed={seed})"
+    else:
+        records = load_records(source)
+        origin = source or HUB_ID
+    train = common.take(records, 0, train_size, what="train-size")
+    test = common.take(records, train_size, test_size, what="test-size")
+    result = common.write_dataset(
+        out_dir, common.build_rows(train, make_row, "train"), common.build_rows(test, make_row, "test")
+    )
+    return {"task": NAME, "source": origin, **result}

@@ -1,0 +1,149 @@
+"""Countdown: answer extraction, the safe evaluator, the authors' reward rules, solver and generator."""
+
+import json
+import time
+from fractions import Fraction
+
+import pytest
+
+from evaluation.tasks import countdown as c
+
+GT = {"target": 24, "numbers": [4, 6, 1]}
+
+
+def answer(equation: str) -> str:
+    """A well-formed response around `equation`."""
+    return f"<think>let me try</think>\n<answer>{equation}</answer>"
+
+
+@pytest.mark.parametrize(
+    "response, equation",
+    [
+        ("<think>a</think><answer> 4 * 6 * 1 </answer>", "4 * 6 * 1"),
+        ("<think>a</think>  \n <answer>1+2</answer>\n", "1+2"),
+        ("preamble <think>a</think><answer>1+2</answer>", "1+2"),
+        ("<think>a</think><answer>1+2</answer> trailing", None),
+        ("<think>a</think><answer>1+2</answer>\n\n", None),  # `$` allows one final newline only
+        ("<answer>1+2</answer>", None),
+        ("<think>a<answer>1+2</answer>", None),
+        ("<think>a</think>b<answer>1+2</answer>", None),
+        ("<think>x</think><answer>1</answer> <think>y</think><answer>2</answer>", "1</answer> <think>y</think><answer>2"),
+        ("", None),
+    ],
+)
+def test_extract_equation_follows_authors_regex(response, equation):
+    assert c.extract_equation(response) == equation
+
+
+@pytest.mark.parametrize(
+    "equation, value",
+    [
+        ("4 * 6 * 1", Fraction(24)),
+        ("(6 - 4) / 4", Fraction(1, 2)),
+        ("-(3 - 5)", Fraction(2)),
+        ("2.5 * 2", Fraction(5)),
+        ("1/0", None),
+        ("1/(2-2)", None),
+        ("2**3", None),
+        ("7//2", None),
+        ("7 % 2", None),
+        ("abs(-3)", None),
+        ("__import__('os')", None),
+        ("1 +", None),
+        ("\u0663 + 1", None),  # Arabic-Indic digit three
+        ("(" * 150 + "1" + ")" * 150, None),
+        ("(" * 90 + "1" + ")" * 90, Fraction(1)),
+        ("+".join(["1"] * 300), None),
+        ("99999999 * 99999999", None),
+    ],
+)
+def test_evaluate_equation(equation, value):
+    assert c.evaluate_equation(equation) == value
+
+
+@pytest.mark.parametrize(
+    "response, reward",
+    [
+        (answer("4 * 6 * 1"), 1.0),
+        (answer("(6 * 4) / 1"), 1.0),
+        (answer("6 * 4"), 0.0),  # 1 unused
+        (answer("6 * 4 * 1 * 1"), 0.0),  # 1 reused
+        (answer("6 * 4 + 1"), 0.0),  # wrong value
+        (answer("6 * 4 * 1 = 24"), 0.0),  # '=' is outside the allowed characters
+        (answer("6 ** 4 * 1"), 0.0),  # no power
+        (answer("6 * 4 / (1 - 1)"), 0.0),
+        ("<answer>4 * 6 * 1</answer>", 0.0),  # missing <think>
+        ("<think>4 * 6 * 1 = 24</think>", 0.0),  # missing <answer>
+        (answer("\u0664 * \u0666 * \u0661"), 0.0),  # unicode digits
+        (answer("4 * 6 * 1") + " done", 0.0),  # answer not at the end
+        ("<think>" * 20_000 + answer("4 * 6 * 1"), 1.0),
+    ],
+)
+def test_score_rules(response, reward):
+    assert c.score(response, GT) == reward
+
+
+def test_score_tolerance_and_ground_truth_forms():
+    assert c.score(answer("(1 + 2) / 3"), {"target": 1, "numbers": (3, 2, 1)}) == 1.0
+    assert c.score(answer("10 / 3 * 3"), {"target": 10, "numbers": [10, 3, 3]}) == 1.0
+    assert c.score(answer("1 / 3"), {"target": 0.333333, "numbers": [1, 3]}) == 1.0
+    assert c.score(answer("1 / 3"), {"target": 0.3333, "numbers": [1, 3]}) == 0.0
+    with pytest.raises(ValueError, match="^ground_truth: Countdown needs"):
+        c.score(answer("1"), {"target": 1})
+
+
+def test_adversarial_inputs_are_bounded():
+    huge = [
+        "x" * 100_000,
+        "<think>" + "(" * 50_000 + "</think><answer>" + "(" * 50_000 + "</answer>",
+        answer("(" * 100_000 + "4*6*1" + ")" * 100_000),
+        answer("4 * 6 * 1" + " " * 100_000),  # whitespace is stripped: still correct
+        "<think></think>" * 7000 + "<answer>4 * 6 * 1</answer>",
+        answer("9" * 5000 + " * 4 * 6 * 1"),
+    ]
+    start = time.monotonic()
+    assert [c.score(text, GT) for text in huge] == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    assert time.monotonic() - start < 2.0
+
+
+def test_solve_returns_scoring_expressions():
+    assert c.solve([44, 19, 35], 98) is not None
+    assert c.solve([4, 4, 4, 4], 0) == "((4 + 4) - 4) - 4"
+    assert c.solve([7], 7) == "7"
+    assert c.solve([3, 3], 9) == "3 * 3"
+    assert c.solve([1, 5, 5, 5], 24) is None  # needs the fraction 1/5
+    assert c.solve([2, 3], 7) is None
+    for nums, target in [([44, 19, 35], 98), ([25, 3, 8, 2], 59), ([90, 5, 3], 15)]:
+        expr = c.solve(nums, target)
+        assert c.score(answer(expr), {"target": target, "numbers": nums}) == 1.0
+    with pytest.raises(ValueError, match="^numbers: must be a non-empty list of non-negative integers"):
+        c.solve([], 3)
+
+
+def test_generate_is_deterministic_unique_and_solvable():
+    tasks = c.generate(40, seed=7)
+    assert tasks == c.generate(40, seed=7)
+    assert tasks != c.generate(40, seed=8)
+    assert len({(tuple(sorted(t["nums"])), t["target"]) for t in tasks}) == 40
+    for t in tasks:
+        assert 3 <= len(t["nums"]) <= 4 and all(1 <= n <= 99 for n in t["nums"]) and 10 <= t["target"] <= 100
+        expr = c.solve(t["nums"], t["target"])
+        assert c.score(answer(expr), {"target": t["target"], "numbers": t["nums"]}) == 1.0
+    assert {len(t["nums"]) for t in tasks} == {3, 4}
+    assert c.generate(5, seed=1, min_numbers=2, max_numbers=2) == c.generate(5, seed=1, min_numbers=2, max_numbers=2)
+    with pytest.raises(ValueError, match="^min_numbers/max_numbers"):
+        c.generate(3, seed=0, min_numbers=5, max_numbers=4)
+
+
+def test_frozen_fixture_is_the_generator_output():
+    lines = c.FIXTURE.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == c.generate(len(lines), seed=c.FIXTURE_SEED)
+    assert len(lines) == 64
+
+
+def test_prompt_is_the_authors_text():
+    assert c.make_prompt([44, 19, 35], 98) == (
+        "Using the numbers [44, 19, 35], create an equation that equals 98. You can use basic arithmetic operations "
+        "(+, -, *, /) and each number can only be used once. Show your work in <think> </think> tags. And return the "
+        "final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>."
+    )

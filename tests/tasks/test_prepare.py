@@ -1,0 +1,219 @@
+"""Task data: registry, prepare() on the shipped fixtures, the CLI, and the verl RLHFDataset round trip."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from evaluation import tasks
+from evaluation.tasks import common, countdown, hh, math_lighteval
+from evaluation.tasks.__main__ import main
+
+
+def test_registry_and_constants():
+    assert list(tasks.TASKS) == ["math", "countdown", "hh"]
+    assert tasks.get_task("countdown") is countdown
+    with pytest.raises(ValueError, match=r"^task: must be one of math, countdown, hh, got 'x'$"):
+        tasks.get_task("x")
+    assert [(t.NAME, t.DATA_SOURCE, t.VAL_METRIC, t.MAX_RESPONSE_LENGTH) for t in tasks.TASKS.values()] == [
+        ("math", "DigitalLearningGmbH/MATH-lighteval", "val-core/DigitalLearningGmbH/MATH-lighteval/reward/mean@1", 8192),
+        ("countdown", "countdown", "val-core/countdown/reward/mean@1", 512),
+        ("hh", "hh", "val-core/hh/reward/mean@1", 1024),
+    ]
+
+
+def test_compute_score_routes_like_the_authors():
+    gt = {"target": 3, "numbers": [1, 2]}
+    assert tasks.compute_score("countdown", "<think></think><answer>1 + 2</answer>", gt) == 1.0
+    assert tasks.compute_score("my_countdown_v2", "<think></think><answer>1 + 2</answer>", gt) == 1.0
+    for source in tasks.MATH_DATA_SOURCES:
+        assert tasks.compute_score(source, "so \\boxed{\\dfrac12}", "\\frac{1}{2}") == 1.0
+    assert tasks.compute_score("lighteval/MATH", "\\boxed{0.5}", "\\frac{1}{2}", None, math_scorer="math_verify") == 1.0
+    with pytest.raises(ValueError, match=r"^data_source: must be one of countdown, hh, DigitalLearningGmbH/MATH-lighteval"):
+        tasks.compute_score("openai/gsm8k", "1", "1")
+
+
+def read(path):
+    return pq.read_table(path).to_pylist()
+
+
+def test_prepare_math_fixture(tmp_path):
+    result = math_lighteval.prepare(tmp_path, source=str(math_lighteval.FIXTURE), train_size=20, test_size=10)
+    assert result["train_size"] == 20 and result["test_size"] == 10
+    train, test = read(tmp_path / "train.parquet"), read(tmp_path / "test.parquet")
+    assert len(train) == 20 and len(test) == 10
+    assert train[0] == {
+        "data_source": "DigitalLearningGmbH/MATH-lighteval",
+        "prompt": [{"role": "user", "content": "Solve for $x$: $3x + 7 = 22$. Let's think step by step and output "
+                                               "the final answer within \\boxed{}."}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": "5"},
+        "extra_info": {"split": "train", "index": 0},
+        "level": "Level 1",
+        "type": "Algebra",
+    }
+    assert test[0]["extra_info"] == {"split": "test", "index": 0}
+    assert test[-1]["reward_model"]["ground_truth"] == "\\left(2, -3\\right)"  # the last box of the solution
+    answers = [row["reward_model"]["ground_truth"] for row in train + test]
+    # Every fixture answer is graded correct against itself and wrong against its neighbour, by both scorers.
+    for i, gold in enumerate(answers):
+        assert math_lighteval.score(f"\\boxed{{{gold}}}", gold) == 1.0
+        assert math_lighteval.score(f"\\boxed{{{gold}}}", answers[i - 1]) == 0.0
+    # The reference solutions themselves earn full reward under both scorers.
+    solutions = [record["solution"] for record in common.read_records(math_lighteval.FIXTURE)]
+    for solution, gold in zip(solutions, answers):
+        assert math_lighteval.score(solution, gold, scorer="hendrycks") == 1.0
+        assert math_lighteval.score(solution, gold, scorer="math_verify") == 1.0
+
+
+def test_prepare_math_directory_keeps_splits(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    lines = math_lighteval.FIXTURE.read_text().splitlines()
+    (src / "train.jsonl").write_text("\n".join(lines[:25]) + "\n")
+    (src / "test.jsonl").write_text("\n".join(lines[25:]) + "\n")
+    result = math_lighteval.prepare(tmp_path / "out", source=str(src), train_size=25, test_size=5)
+    assert (result["train_size"], result["test_size"]) == (25, 5)
+    assert read(tmp_path / "out" / "test.parquet")[0]["reward_model"]["ground_truth"] == "\\tfrac{1}{3}"
+
+
+def test_prepare_countdown_generated_and_fixture(tmp_path):
+    countdown.prepare(tmp_path / "gen", generated=True, seed=3, train_size=6, test_size=4)
+    generated = countdown.generate(10, seed=3)
+    train = read(tmp_path / "gen" / "train.parquet")
+    test = read(tmp_path / "gen" / "test.parquet")
+    assert [row["reward_model"]["ground_truth"] for row in train + test] == [
+        {"target": t["target"], "numbers": t["nums"]} for t in generated
+    ]
+    assert train[0]["prompt"] == [{"role": "user", "content": countdown.make_prompt(generated[0]["nums"], generated[0]["target"])}]
+    assert (train[0]["ability"], train[0]["data_source"]) == ("math", "countdown")
+    assert train[0]["reward_model"]["style"] == "rule"
+
+    countdown.prepare(tmp_path / "fx", source=str(countdown.FIXTURE), train_size=48, test_size=16)
+    fixture = [json.loads(line) for line in countdown.FIXTURE.read_text().splitlines()]
+    test = read(tmp_path / "fx" / "test.parquet")
+    assert test[0]["reward_model"]["ground_truth"] == {"target": fixture[48]["target"], "numbers": fixture[48]["nums"]}
+    with pytest.raises(ValueError, match="^source: give either a source or generated=True"):
+        countdown.prepare(tmp_path, source="x.jsonl", generated=True)
+
+
+def test_prepare_hh_shuffles_like_datasets(tmp_path):
+    import datasets
+
+    hh.prepare(tmp_path, source=str(hh.FIXTURE), train_size=30, test_size=10)
+    records = common.read_records(hh.FIXTURE)
+    expected = [r["chosen"][0]["content"] for r in datasets.Dataset.from_list(records).shuffle(seed=42)]
+    rows = read(tmp_path / "train.parquet") + read(tmp_path / "test.parquet")
+    assert [row["prompt"][0]["content"] for row in rows] == expected
+    assert rows[0]["reward_model"] == {"style": "model", "ground_truth": {"prompt": expected[0]}}
+    assert (rows[0]["ability"], rows[0]["data_source"]) == ("alignment", "hh")
+    assert rows[30]["extra_info"] == {"split": "test", "index": 0}
+
+
+def test_bad_sources_give_one_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"^test-size: asked for 20 rows from offset 30, but the source has 40 rows$"):
+        hh.prepare(tmp_path, source=str(hh.FIXTURE), train_size=30, test_size=20)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1?", "solution": "2"}\n')
+    with pytest.raises(ValueError, match=r"^solution: row 0 of train has no \\boxed\{\} answer$"):
+        math_lighteval.prepare(tmp_path / "o", source=str(bad), train_size=1, test_size=0)
+    with pytest.raises(FileNotFoundError, match="^source: no such file"):
+        hh.prepare(tmp_path, source=str(tmp_path / "missing.parquet"))
+    bad.write_text('{"chosen": [{"role": "assistant", "content": "hi"}]}\n')
+    with pytest.raises(ValueError, match="^chosen: row 0 of train must start with a user message"):
+        hh.prepare(tmp_path / "o", source=str(bad), train_size=1, test_size=0)
+
+
+def test_hub_unreachable_is_data_unavailable(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(common, "hub_reachable", lambda timeout_s=5.0: False)
+    with pytest.raises(common.DataUnavailable, match=r"^math: cannot reach the Hugging Face hub to load "
+                                                     r"'DigitalLearningGmbH/MATH-lighteval'; .*--source PATH"):
+        math_lighteval.prepare("unused")
+
+
+def test_cli_prepare_and_user_errors(tmp_path, capsys, monkeypatch):
+    assert main(["prepare", "hh", "--out", str(tmp_path / "hh"), "--source", str(hh.FIXTURE),
+                 "--train-size", "30", "--test-size", "10"]) == 0
+    assert json.loads(capsys.readouterr().out)["train_size"] == 30
+
+    assert main(["prepare", "countdown", "--out", str(tmp_path), "--source", str(hh.FIXTURE),
+                 "--train-size", "50"]) == 2
+    assert capsys.readouterr().err == "error: countdown: train-size: asked for 50 rows from offset 0, but the source has 40 rows\n"
+
+    monkeypatch.setattr(common, "hub_reachable", lambda timeout_s=5.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    assert main(["prepare", "countdown", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--generate" in err and str(countdown.FIXTURE) in err
+
+    for argv in (["prepare", "nope", "--out", "x"], ["prepare", "math", "--out", "x", "--generate"],
+                 ["prepare", "math", "--out", "x", "--train-size", "-3"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+
+
+def test_cli_offline_subprocess_exits_2_with_one_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run([sys.executable, "-m", "evaluation.tasks", "prepare", "math", "--out", str(tmp_path / "m")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: math: cannot load 'DigitalLearningGmbH/MATH-lighteval'")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_parquet_round_trips_through_verl_rlhf_dataset(tmp_path):
+    from omegaconf import OmegaConf
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    from evaluation.tiny_model import build_tokenizer
+
+    tokenizer = build_tokenizer(tmp_path / "tok", vocab_size=8192)
+    countdown.prepare(tmp_path / "cd", source=str(countdown.FIXTURE), train_size=4, test_size=2)
+    math_lighteval.prepare(tmp_path / "math", source=str(math_lighteval.FIXTURE), train_size=3, test_size=1)
+    config = OmegaConf.create({"max_prompt_length": 256, "truncation": "error", "filter_overlong_prompts": True,
+                               "filter_overlong_prompts_workers": 1, "cache_dir": str(tmp_path / "cache")})
+    fixture = [json.loads(line) for line in countdown.FIXTURE.read_text().splitlines()]
+
+    dataset = RLHFDataset(str(tmp_path / "cd" / "train.parquet"), tokenizer, config)
+    assert len(dataset) == 4
+    item = dataset[1]
+    assert item["data_source"] == "countdown"
+    ground_truth = item["reward_model"]["ground_truth"]
+    assert (ground_truth["target"], list(ground_truth["numbers"])) == (fixture[1]["target"], fixture[1]["nums"])
+    assert item["extra_info"] == {"split": "train", "index": 1} and item["index"] == 1
+    prompt_ids = item["input_ids"][item["attention_mask"].bool()].tolist()
+    expected = tokenizer.apply_chat_template(
+        [{"role": "user", "content": countdown.make_prompt(fixture[1]["nums"], fixture[1]["target"])}],
+        add_generation_prompt=True, tokenize=False,
+    )
+    assert tokenizer.decode(prompt_ids) == expected
+    assert item["input_ids"].shape == (256,)
+
+    batch = collate_fn([dataset[i] for i in range(4)])
+    assert batch["input_ids"].shape == (4, 256)
+    assert list(batch["data_source"]) == ["countdown"] * 4
+
+    math_item = RLHFDataset(str(tmp_path / "math" / "test.parquet"), tokenizer, config)[0]
+    assert math_item["reward_model"] == {"style": "rule", "ground_truth": "65^\\circ"}
+    assert math_item["extra_info"] == {"split": "test", "index": 0}
+
+
+def test_verl_loads_compute_score_by_file_path():
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    config = OmegaConf.create({"custom_reward_function": {
+        "path": tasks.__file__, "name": "compute_score", "reward_kwargs": {"math_scorer": "math_verify"}}})
+    fn = get_custom_reward_fn(config)
+    # The keyword names verl 0.4.1's naive reward manager uses.
+    assert fn(data_source="DigitalLearningGmbH/MATH-lighteval", solution_str="\\boxed{0.75}",
+              ground_truth="\\frac{3}{4}", extra_info={"split": "test", "index": 0}) == 1.0
+    assert fn(data_source="countdown", solution_str="<think></think><answer>3 - 1</answer>",
+              ground_truth={"target": 2, "numbers": [1, 3]}, extra_info=None) == 1.0
