@@ -1,0 +1,122 @@
+"""Benchmark: reward-server throughput (pairs/s) at batch 1 vs batched requests, side by side in one process.
+
+    python benchmarks/reward_server.py [--model DIR] [--pairs 256] [--batch 64] [--max-batch 16] [--json OUT]
+
+Without --model it builds the tiny 8k-vocab random reward model in a temporary directory. The server runs under
+uvicorn in a thread on a free loopback port; the client posts the same pairs one per request, then in requests of
+--batch pairs, and prints both rates and their ratio.
+"""
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+WORDS = ("the model answers clearly and kindly with useful steps examples and a short summary of each idea "
+         "so that readers can follow along easily without prior knowledge").split()
+
+
+def make_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """n HH-like (prompt, response) pairs: ~20-word prompts, ~80-word responses."""
+    rng = random.Random(seed)
+    prompts = [f"Question {i}: " + " ".join(rng.choices(WORDS, k=20)) + "?" for i in range(n)]
+    responses = [" ".join(rng.choices(WORDS, k=80)) + "." for _ in range(n)]
+    return prompts, responses
+
+
+def _free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: str, max_batch: int):
+    """Start the reward server in a daemon thread; returns (uvicorn server, base URL)."""
+    import uvicorn
+
+    from evaluation.reward_model.server import Limits, RewardScorer, create_app, visible_devices
+
+    scorer = RewardScorer(model, visible_devices("auto"), max_batch=max_batch)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(scorer, Limits()), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.02)
+    return server, f"http://127.0.0.1:{port}"
+
+
+def rate(client: httpx.Client, url: str, prompts: list[str], responses: list[str], batch: int) -> float:
+    """Pairs per second when posting the pairs in requests of `batch`."""
+    started = time.perf_counter()
+    for s in range(0, len(prompts), batch):
+        resp = client.post(f"{url}/predict", json={"prompts": prompts[s : s + batch], "responses": responses[s : s + batch]})
+        resp.raise_for_status()
+    return len(prompts) / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print pairs/s."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="reward model directory (default: build the tiny one)")
+    parser.add_argument("--pairs", type=int, default=128, help="pairs scored per measurement (default 128)")
+    parser.add_argument("--batch", type=int, default=64, help="pairs per request in the batched run (default 64)")
+    parser.add_argument("--max-batch", type=int, default=16, help="server micro-batch (default 16)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating measurements per mode; the median is reported (default 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the server CLI)")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+    for name in ("pairs", "batch", "max_batch", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            from evaluation.tiny_model import build
+
+            model = str(build(Path(tmp) / "rm", vocab_size=8192, seed=0, kind="reward"))
+        server, url = start_server(model, args.max_batch)
+        prompts, responses = make_pairs(args.pairs)
+        with httpx.Client(timeout=600) as client:
+            rate(client, url, prompts[:8], responses[:8], 1)  # warm-up
+            singles, batches = [], []
+            for _ in range(args.repeats):  # alternate, so drifting load from other processes hits both modes alike
+                singles.append(rate(client, url, prompts, responses, 1))
+                batches.append(rate(client, url, prompts, responses, args.batch))
+            health = client.get(f"{url}/health").json()
+        server.should_exit = True
+
+    single, batched = statistics.median(singles), statistics.median(batches)
+    result = {"model": "tiny-8k (random)" if args.model is None else args.model, "devices": health["devices"],
+              "torch_threads": torch.get_num_threads(), "pairs": args.pairs, "server_max_batch": args.max_batch,
+              "batch1_pairs_per_s": round(single, 2), f"batch{args.batch}_pairs_per_s": round(batched, 2),
+              "ratio": round(batched / single, 2), "repeats": args.repeats,
+              "load_average_1min": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()}
+    print(f"reward server on {', '.join(health['devices'])} ({args.threads} torch threads): {args.pairs} pairs, "
+          f"server micro-batch {args.max_batch}, median of {args.repeats}; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores")
+    print(f"  batch 1 : {single:8.1f} pairs/s")
+    print(f"  batch {args.batch:<2}: {batched:8.1f} pairs/s")
+    print(f"  ratio   : {batched / single:8.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

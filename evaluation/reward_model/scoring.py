@@ -1,0 +1,68 @@
+"""Reward-model scoring shared by training eval, the server and the benchmark: pair -> chat text -> logit[:, 0]."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+MAX_LENGTH = 2048  # tokens per (prompt, response) pair, as the authors' server truncates
+
+
+def pair_messages(prompt: str, response: str) -> list[dict[str, str]]:
+    """The chat the reward model scores for one (prompt, response) pair."""
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
+def conversation_text(tokenizer: Any, side: str | list[dict[str, str]], prompt: str | list | None = None) -> str:
+    """One preference side as the text TRL's RewardTrainer trains on (chat template, or plain text + EOS)."""
+    if prompt is not None:
+        side = prompt + side  # type: ignore[operator]  # explicit-prompt datasets: prompt then completion
+    if isinstance(side, list):
+        return tokenizer.apply_chat_template(side, tokenize=False)
+    eos = tokenizer.eos_token
+    return side if side.endswith(eos) else side + eos
+
+
+def pair_texts(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+    """Chat-templated texts (no generation prompt) for parallel lists of prompts and responses."""
+    return [tokenizer.apply_chat_template(pair_messages(p, r), tokenize=False) for p, r in zip(prompts, responses)]
+
+
+def score_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 8,
+                max_length: int = MAX_LENGTH) -> list[float]:
+    """Reward logit[:, 0] for each text, in micro-batches of `batch_size`, truncated to `max_length` tokens."""
+    import torch
+
+    device = next(model.parameters()).device
+    rewards: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
+                        add_special_tokens=False, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            logits = model(**enc).logits
+        rewards.extend(logits[:, 0].float().cpu().tolist())
+    return rewards
+
+
+def score_pairs(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *,
+                batch_size: int = 8, max_length: int = MAX_LENGTH) -> list[float]:
+    """Rewards for (prompt, response) pairs, formatted as the server does."""
+    return score_texts(model, tokenizer, pair_texts(tokenizer, prompts, responses), batch_size=batch_size,
+                       max_length=max_length)
+
+
+def load_reward_model(path: str, device: str = "cpu", dtype: str | None = None) -> tuple[Any, Any]:
+    """Load a saved reward model and its tokenizer, in eval mode on `device` (bf16 on GPU unless told)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    chosen = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, chosen))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.config.num_labels != 1:
+        raise ValueError(f"--model {path}: a reward model needs num_labels=1, this one has {model.config.num_labels}")
+    return model.to(device).eval(), tokenizer
