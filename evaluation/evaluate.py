@@ -1,0 +1,283 @@
+"""Checkpoint evaluation: sample with the authors' validation settings, score, pass@k / mean@n, lm-eval cross-check.
+
+Writes <run>/eval/<step>/samples.jsonl (prompt, response, score) and <run>/eval/<step>/scores.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+# Validation sampling of the authors (seed-spec §7): T = 1.0, top-p 0.7, no top-k (verl's -1 = HF's 0).
+TEMPERATURE = 1.0
+TOP_P = 0.7
+TOP_K = 0
+LM_EVAL_TASK = "tre_math_local"
+LM_EVAL_DIR = Path(__file__).parent / "lm_eval_tasks"
+SPLIT_KEYS = {"test": "val_files", "train": "train_files"}
+# data_sources, responses, ground_truths, extra_infos -> one score per response
+Scorer = Callable[[Sequence[str], Sequence[str], Sequence[Any], Sequence[Any]], list[float]]
+
+
+class EvalError(ValueError):
+    """Bad evaluation input (run dir, step, split, data); the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One evaluation prompt in verl's RLHFDataset schema."""
+
+    messages: list[dict[str, str]]
+    ground_truth: Any
+    data_source: str
+    extra_info: Any = None
+
+
+# ------------------------------------------------------------------------------------------------ metrics (pure)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k) for c correct out of n samples."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k: need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    # Product form of the binomial ratio: exact enough and never overflows for large n.
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def ks_for(n: int) -> list[int]:
+    """The k reported for n samples: powers of two below n, and n itself."""
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n]
+
+
+def summarise(scores: Sequence[Sequence[float]], binary: bool, threshold: float = 1.0) -> dict[str, float]:
+    """mean@n over all samples; for binary tasks also pass@k (a sample is correct when its score >= threshold)."""
+    if not scores or any(len(s) != len(scores[0]) or not s for s in scores):
+        raise ValueError("scores: need the same positive number of samples for every prompt")
+    n = len(scores[0])
+    out = {f"mean@{n}": math.fsum(math.fsum(s) for s in scores) / (n * len(scores))}
+    if binary:
+        for k in ks_for(n):
+            out[f"pass@{k}"] = math.fsum(pass_at_k(n, sum(x >= threshold for x in s), k) for s in scores) / len(scores)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+def load_examples(path: Path, limit: Optional[int] = None) -> list[Example]:
+    """Prompts, ground truths and data sources of a verl parquet (prompt, data_source, reward_model.ground_truth)."""
+    import pyarrow.parquet as pq
+
+    if not Path(path).is_file():
+        raise EvalError(f"data: no such file {str(path)!r}")
+    rows = pq.read_table(path).to_pylist()
+    out = []
+    for i, row in enumerate(rows[:limit] if limit else rows):
+        try:
+            out.append(Example(list(row["prompt"]), row["reward_model"]["ground_truth"], row["data_source"], row.get("extra_info")))
+        except (KeyError, TypeError):
+            raise EvalError(f"data: row {i} of {path} lacks prompt / data_source / reward_model.ground_truth") from None
+    if not out:
+        raise EvalError(f"data: {path} has no rows")
+    return out
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """config.json of a run directory; EvalError when it is not one."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise EvalError(f"RUN_DIR: {run_dir} is not a run directory (no config.json)")
+    return json.loads(path.read_text())
+
+
+def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
+    """step -> HF model dir of every checkpoints/global_step_<N>/actor/huggingface with a config.json."""
+    out = {}
+    for d in (Path(run_dir) / "checkpoints").glob("global_step_*"):
+        step, hf = d.name.removeprefix("global_step_"), d / "actor" / "huggingface"
+        if step.isdigit() and (hf / "config.json").is_file():
+            out[int(step)] = hf
+    return dict(sorted(out.items()))
+
+
+def resolve_model(run_dir: Path, config: dict[str, Any], step: Optional[int]) -> tuple[int, str]:
+    """(step, model dir): the given step's checkpoint (the last one by default); step 0 is the initial model."""
+    steps = checkpoint_steps(run_dir)
+    if step == 0:
+        base = config.get("resolved", {}).get("actor_rollout_ref", {}).get("model", {}).get("path")
+        if not base:
+            raise EvalError(f"--step: 0 needs resolved.actor_rollout_ref.model.path in {run_dir}/config.json")
+        return 0, str(base)
+    if step is None:
+        if not steps:
+            raise EvalError(f"--step: {run_dir}/checkpoints has no global_step_<N>/actor/huggingface; use --step 0 for the initial model")
+        step = max(steps)
+    if step not in steps:
+        raise EvalError(f"--step: must be 0 or one of {', '.join(map(str, steps)) or '(no checkpoints)'}, got {step}")
+    return step, str(steps[step])
+
+
+def resolve_data(config: dict[str, Any], split: str, data: Optional[Path]) -> Path:
+    """The parquet to evaluate: --data, else the run's resolved val_files (test) or train_files (train)."""
+    if data is not None:
+        return Path(data)
+    if split not in SPLIT_KEYS:
+        raise EvalError(f"--split: must be one of {', '.join(SPLIT_KEYS)}, got {split!r}")
+    files = config.get("resolved", {}).get("data", {}).get(SPLIT_KEYS[split])
+    if isinstance(files, (list, tuple)):
+        files = files[0] if len(files) == 1 else None
+    if not files:
+        raise EvalError(f"--data: the run's config names no single resolved.data.{SPLIT_KEYS[split]}; pass --data PARQUET")
+    return Path(files)
+
+
+def default_scorer(task: str) -> Scorer:
+    """The task's reward as verl computes it: evaluation.tasks.compute_score, or the HH reward-model batch scorer."""
+    if task == "hh":
+        from evaluation.tasks.hh import compute_score_batch
+
+        return lambda ds, rs, gts, eis: list(compute_score_batch(list(ds), list(rs), list(gts), list(eis)))
+    from evaluation.tasks import compute_score
+
+    return lambda ds, rs, gts, eis: [float(compute_score(d, r, g, e)) for d, r, g, e in zip(ds, rs, gts, eis)]
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+def generate(model_dir: str, examples: Sequence[Example], n: int, max_new_tokens: int, *, seed: int = 0,
+             batch_size: int = 8, device: str = "cpu") -> list[list[str]]:
+    """n sampled responses per prompt (chat template + assistant header, T = 1.0, top-p 0.7, no top-k)."""
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"  # decoder-only batch generation continues from the right edge
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval()
+    torch.manual_seed(seed)
+    texts = [tok.apply_chat_template(e.messages, add_generation_prompt=True, tokenize=False) for e in examples]
+    out: list[list[str]] = []
+    for i in tqdm(range(0, len(texts), batch_size), desc="generate", unit="batch", disable=None):
+        enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.no_grad():
+            gen = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id)
+        resp = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out += [resp[j * n : (j + 1) * n] for j in range(len(resp) // n)]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ lm-eval
+
+
+def lm_eval_docs(examples: Sequence[Example]) -> list[dict[str, str]]:
+    """MATH examples as tre_math_local docs: the bare problem (instruction stripped) and \\boxed{answer} as solution."""
+    from evaluation.tasks.math_lighteval import INSTRUCTION
+
+    docs = []
+    for e in examples:
+        problem = next(m["content"] for m in e.messages if m["role"] == "user").removesuffix(" " + INSTRUCTION)
+        docs.append({"problem": problem, "solution": "\\boxed{" + str(e.ground_truth) + "}", "answer": str(e.ground_truth)})
+    return docs
+
+
+def run_lm_eval(model_dir: str, docs_path: Path, max_gen_toks: int, *, device: str = "cpu", batch_size: int = 8) -> dict[str, Any]:
+    """lm-eval's harness on the tre_math_local task over docs_path (greedy, as minerva): its metrics and raw results."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval is pinned (0.4.13); its YAML loader resolves !function
+
+    cfg = load_yaml(LM_EVAL_DIR / f"{LM_EVAL_TASK}.yaml")
+    cfg["dataset_kwargs"] = {"data_files": {"test": str(Path(docs_path).resolve())}}
+    cfg["generation_kwargs"] = {**cfg["generation_kwargs"], "max_gen_toks": max_gen_toks}
+    res = simple_evaluate(model="hf", model_args={"pretrained": model_dir, "device": device}, tasks=[cfg],
+                          task_manager=TaskManager(include_path=str(LM_EVAL_DIR)), batch_size=batch_size,
+                          random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+    found = res["results"][LM_EVAL_TASK]
+    metrics = {m: float(found[f"{m},none"]) for m in ("exact_match", "math_verify")}
+    return {"task": LM_EVAL_TASK, "harness": "lm-eval", "lm_eval_version": res.get("lm_eval_version"), "decoding": "greedy",
+            "max_gen_toks": max_gen_toks, "n_docs": len(docs_path.read_text().splitlines()), "metrics": metrics}
+
+
+# ------------------------------------------------------------------------------------------------ the whole evaluation
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def score_samples(examples: Sequence[Example], responses: Sequence[Sequence[str]], scorer: Scorer) -> list[list[float]]:
+    """Scores of every response, scored in one batch (so the HH reward server sees one request stream)."""
+    flat = [(e, r) for e, rs in zip(examples, responses) for r in rs]
+    scores = scorer([e.data_source for e, _ in flat], [r for _, r in flat], [e.ground_truth for e, _ in flat],
+                    [e.extra_info for e, _ in flat])
+    if len(scores) != len(flat):
+        raise ValueError(f"scorer: returned {len(scores)} scores for {len(flat)} responses")
+    n = len(responses[0]) if responses else 0
+    return [list(map(float, scores[i * n : (i + 1) * n])) for i in range(len(examples))]
+
+
+def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: str = "test", data: Optional[Path] = None,
+             limit: Optional[int] = None, max_new_tokens: Optional[int] = None, batch_size: int = 8, seed: int = 0,
+             device: str = "cpu", lm_eval: Optional[bool] = None, scorer: Optional[Scorer] = None) -> dict[str, Any]:
+    """Evaluate one checkpoint of a run; writes eval/<step>/samples.jsonl and scores.json and returns the scores."""
+    run_dir = Path(run_dir)
+    if n < 1:
+        raise EvalError(f"--n: must be >= 1, got {n}")
+    config = read_config(run_dir)
+    task = config.get("task")
+    step, model_dir = resolve_model(run_dir, config, step)
+    data_path = resolve_data(config, split, data)
+    examples = load_examples(data_path, limit)
+    if max_new_tokens is None:
+        max_new_tokens = config.get("resolved", {}).get("data", {}).get("max_response_length")
+        if max_new_tokens is None:
+            from evaluation.tasks import get_task
+
+            max_new_tokens = get_task(task).MAX_RESPONSE_LENGTH
+    t0 = time.perf_counter()
+    responses = generate(model_dir, examples, n, int(max_new_tokens), seed=seed, batch_size=batch_size, device=device)
+    scores = score_samples(examples, responses, scorer or default_scorer(task))
+    out_dir = run_dir / "eval" / str(step)
+    _atomic_write(out_dir / "samples.jsonl", "".join(
+        json.dumps({"index": i, "sample": j, "prompt": e.messages, "response": r, "score": s, "ground_truth": e.ground_truth},
+                   ensure_ascii=False, default=str) + "\n"
+        for i, (e, rs, ss) in enumerate(zip(examples, responses, scores)) for j, (r, s) in enumerate(zip(rs, ss))))
+    result: dict[str, Any] = {
+        "task": task, "size": config.get("size"), "method": config.get("method"), "seed": config.get("seed"),
+        "step": step, "model": model_dir, "split": split, "data": str(data_path), "n": n, "num_prompts": len(examples),
+        "sampling": {"temperature": TEMPERATURE, "top_p": TOP_P, "top_k": TOP_K, "max_new_tokens": int(max_new_tokens), "seed": seed},
+        "metrics": summarise(scores, binary=task != "hh"),
+        "lm_eval": None,
+    }
+    if lm_eval if lm_eval is not None else task == "math":
+        if task != "math":
+            raise EvalError(f"--lm-eval: the lm-eval cross-check is for task math, got {task!r}")
+        docs = out_dir / "lm_eval_docs.jsonl"
+        _atomic_write(docs, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in lm_eval_docs(examples)))
+        result["lm_eval"] = run_lm_eval(model_dir, docs, int(max_new_tokens), device=device, batch_size=batch_size)
+    result["wall_time_s"] = round(time.perf_counter() - t0, 3)
+    _atomic_write(out_dir / "scores.json", json.dumps(result, indent=2, default=str) + "\n")
+    return result

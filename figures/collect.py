@@ -1,0 +1,222 @@
+"""Gather run directories into the tidy tables of results/: metrics.csv, runs.csv and eval.csv."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+from figures.common import EVAL_FILE, METRICS_FILE, METRICS_PARQUET, RUN_KEY, RUNS_FILE, atomic_write_bytes, atomic_write_text
+
+METRIC_COLUMNS = [*RUN_KEY, "step", "metric", "value", "git_commit", "config_hash", "provenance"]
+RUN_COLUMNS = [*RUN_KEY, "status", "val_metric", "final_val_score", "best_val_score", "best_step", "last_step",
+               "wall_time_s", "profile", "device", "git_commit", "config_hash", "provenance", "run_dir"]
+EVAL_COLUMNS = [*RUN_KEY, "step", "split", "n", "metric", "value", "git_commit", "config_hash", "provenance"]
+# Fields of config.json that describe where/when a run happened, not what it computed.
+_NOT_HASHED = ("created", "git_commit", "packages", "device")
+_SEED_DIR = re.compile(r"seed(\d+)$")
+_VAL_PATTERN = re.compile(r"^val-core/.+/reward/mean@1$")
+
+
+class SkipRun(Exception):
+    """A run directory that cannot be collected; the message says why."""
+
+
+@dataclass
+class RunData:
+    """Everything collected from one run directory."""
+
+    run: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    evals: list[dict[str, Any]]
+
+
+@dataclass
+class CollectReport:
+    """What `collect` did: runs taken, run dirs skipped with the reason, rows written."""
+
+    collected: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    metric_rows: int = 0
+    eval_rows: int = 0
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """First 12 hex digits of the SHA-256 of config.json minus where/when fields (commit, packages, device, time)."""
+    core = {k: v for k, v in config.items() if k not in _NOT_HASHED}
+    return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:12]
+
+
+def parse_metrics_lines(text: str, path: str = "metrics.jsonl") -> list[dict[str, Any]]:
+    """Parse metrics.jsonl text; SkipRun on an empty, truncated or corrupt file, or a line without an int step."""
+    if not text.strip():
+        raise SkipRun(f"{path}: empty")
+    lines = text.split("\n")
+    complete = text.endswith("\n")
+    rows = []
+    for i, line in enumerate(lines[:-1] if complete else lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            is_last = i == len(lines) - (1 if complete else 0)
+            raise SkipRun(f"{path}: {'truncated' if is_last else 'corrupt'} at line {i}") from None
+        if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
+            raise SkipRun(f"{path}: line {i} has no integer 'step'")
+        rows.append(row)
+    return rows
+
+
+def tidy_metrics(rows: Iterable[dict[str, Any]]) -> dict[tuple[int, str], float]:
+    """(step, metric) -> value for every numeric field; a later line for the same step/metric wins."""
+    out: dict[tuple[int, str], float] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            out[(row["step"], key)] = float(value)
+    return out
+
+
+def infer_val_metric(metric_names: Iterable[str]) -> Optional[str]:
+    """The run's validation score name when summary.json does not give it: the one val-core/<src>/reward/mean@1."""
+    found = sorted({m for m in metric_names if _VAL_PATTERN.match(m)})
+    return found[0] if len(found) == 1 else None
+
+
+def val_summary(values: dict[tuple[int, str], float], val_metric: Optional[str]) -> tuple[float, float, Optional[int]]:
+    """(final score = value at the last validated step, best score, first step reaching the best)."""
+    series = sorted((s, v) for (s, m), v in values.items() if m == val_metric and not math.isnan(v))
+    if not series:
+        return math.nan, math.nan, None
+    best = max(v for _, v in series)
+    return series[-1][1], best, next(s for s, v in series if v == best)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SkipRun(f"{path}: missing") from None
+    except json.JSONDecodeError as e:
+        raise SkipRun(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise SkipRun(f"{path}: not a JSON object")
+    return data
+
+
+def read_run(run_dir: Path, rel: str, provenance: Optional[str] = None) -> RunData:
+    """Collect one run directory; SkipRun (naming the file) when its config or metrics are missing or broken."""
+    config = _read_json(run_dir / "config.json")
+    for k in RUN_KEY:
+        if k not in config:
+            raise SkipRun(f"{run_dir / 'config.json'}: missing field {k!r}")
+    mpath = run_dir / "metrics.jsonl"
+    if not mpath.is_file():
+        raise SkipRun(f"{mpath}: missing")
+    values = tidy_metrics(parse_metrics_lines(mpath.read_text(), str(mpath)))
+    summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
+    val_metric = summary.get("val_metric") or infer_val_metric(m for _, m in values)
+    final, best, best_step = val_summary(values, val_metric)
+    key = {k: config[k] for k in RUN_KEY}
+    key["seed"] = int(key["seed"])
+    meta = {
+        "git_commit": config.get("git_commit", ""),
+        "config_hash": config_hash(config),
+        "provenance": provenance or f"ours:{config.get('profile', '?')}:{config.get('device', '?')}",
+    }
+    run = {**key, "status": summary.get("status", "incomplete"), "val_metric": val_metric or "",
+           "final_val_score": final, "best_val_score": best, "best_step": best_step,
+           "last_step": max(s for s, _ in values), "wall_time_s": summary.get("wall_time_s", math.nan),
+           "profile": config.get("profile", ""), "device": config.get("device", ""), **meta, "run_dir": rel}
+    metrics = [{**key, "step": s, "metric": m, "value": v, **meta} for (s, m), v in sorted(values.items())]
+    return RunData(run, metrics, read_evals(run_dir, key, meta))
+
+
+def read_evals(run_dir: Path, key: dict[str, Any], meta: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows of every eval/<step>/scores.json of a run (metrics plus the lm-eval cross-check)."""
+    rows = []
+    for path in sorted((run_dir / "eval").glob("*/scores.json")):
+        scores = _read_json(path)
+        flat = dict(scores.get("metrics", {}))
+        flat.update({f"lm_eval/{k}": v for k, v in (scores.get("lm_eval") or {}).get("metrics", {}).items()})
+        for metric, value in sorted(flat.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append({**key, "step": int(scores["step"]), "split": scores.get("split", ""), "n": scores.get("n"),
+                             "metric": metric, "value": float(value), **meta})
+    return rows
+
+
+def find_run_dirs(runs_dir: Path) -> list[Path]:
+    """Every seed<k> directory under runs_dir that holds a run file, sorted."""
+    found = set()
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        for f in Path(runs_dir).rglob(name):
+            if _SEED_DIR.search(f.parent.name) and "checkpoints" not in f.parts and "eval" not in f.parent.parts:
+                found.add(f.parent)
+    return sorted(found)
+
+
+def _merge(path: Path, new: list[dict[str, Any]], columns: list[str], replaced: set[tuple], sort: list[str]) -> "pd.DataFrame":
+    """Rewrite one CSV table: old rows minus the runs being re-collected, plus the new rows; sorted, atomic."""
+    import pandas as pd
+
+    # Text columns stay text: an all-digit commit or hash must not come back as a number and lose its zeros.
+    text = {c: str for c in ("task", "size", "method", "metric", "git_commit", "config_hash", "provenance", "status",
+                             "val_metric", "profile", "device", "run_dir", "split") if c in columns}
+    old = pd.read_csv(path, dtype=text) if path.is_file() else pd.DataFrame(columns=columns)
+    if len(old):
+        keys = list(zip(*(old[c] for c in (*RUN_KEY, "provenance"))))
+        old = old[[tuple(k) not in replaced for k in keys]]
+    df = pd.concat([old, pd.DataFrame(new, columns=columns)], ignore_index=True) if len(old) else pd.DataFrame(new, columns=columns)
+    df = df[columns].sort_values(sort, kind="stable").reset_index(drop=True)
+    for col in ("seed", "step", "best_step", "last_step", "n"):
+        if col in df.columns:  # keep integer columns integer in the CSV even when some are empty
+            df[col] = pd.to_numeric(df[col]).astype("Int64")
+    atomic_write_text(path, df.to_csv(index=False, lineterminator="\n"))
+    return df
+
+
+def collect(runs_dir: Path, results: Path, provenance: Optional[str] = None) -> CollectReport:
+    """Collect every run under runs_dir into results/ (idempotent: re-collected runs replace their old rows)."""
+    runs_dir, results = Path(runs_dir), Path(results)
+    report = CollectReport()
+    datas: list[RunData] = []
+    seen: dict[tuple, str] = {}
+    for run_dir in find_run_dirs(runs_dir):
+        rel = run_dir.relative_to(runs_dir).as_posix()
+        try:
+            data = read_run(run_dir, rel, provenance)
+        except SkipRun as e:
+            report.skipped.append((str(run_dir), str(e)))
+            continue
+        k = tuple(data.run[c] for c in (*RUN_KEY, "provenance"))
+        if k in seen:
+            report.skipped.append((str(run_dir), f"same task/size/method/seed/provenance as {seen[k]}"))
+            continue
+        seen[k] = rel
+        datas.append(data)
+        report.collected.append(rel)
+    if not datas:
+        return report
+    replaced = set(seen)
+    order = ["provenance", "task", "size", "method", "seed"]
+    _merge(results / RUNS_FILE, [d.run for d in datas], RUN_COLUMNS, replaced, order)
+    metrics = _merge(results / METRICS_FILE, [r for d in datas for r in d.metrics], METRIC_COLUMNS, replaced,
+                     [*order, "step", "metric"])
+    buf = io.BytesIO()
+    metrics.to_parquet(buf, index=False)
+    atomic_write_bytes(results / METRICS_PARQUET, buf.getvalue())
+    report.metric_rows = len(metrics)
+    report.eval_rows = len(_merge(results / EVAL_FILE, [r for d in datas for r in d.evals], EVAL_COLUMNS, replaced,
+                                  [*order, "step", "split", "metric"]))
+    return report

@@ -1,0 +1,55 @@
+"""Figure 1 from data: rank vs probability of a real next-token distribution before training, after PPO + entropy
+and after TRE, with the trust-region boundary (the p = 0.99 nucleus of the pre-trained policy, at most 256) marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from figures.common import DISTS_FILE, ArchiveError, read_table, save_figure, setup_style
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+NAME = "figure1"
+DESCRIPTION = "rank vs probability of the tiny policy's next-token distribution: pre-trained, PPO+entropy, TRE"
+STYLES = {"base": dict(color="0.45", ls="--"), "entropy": dict(color="tab:red", ls="-"), "tre": dict(color="tab:green", ls="-")}
+STAGES = ("base", "entropy", "tre")
+
+
+def tail_mass(dist: "pd.DataFrame", boundary: int) -> float:
+    """Probability outside the first `boundary` ranks of one stage's distribution."""
+    return float(max(0.0, 1.0 - dist.loc[dist["rank"] <= boundary, "prob"].sum()))
+
+
+def draw(dists: "pd.DataFrame") -> "Figure":
+    """Rank (log) vs probability (log) per stage, trust region shaded up to the pre-trained policy's nucleus."""
+    import matplotlib.pyplot as plt
+
+    setup_style()
+    base = dists[dists["stage"] == "base"]
+    if base.empty:
+        raise ArchiveError(f"{DISTS_FILE}: no 'base' (pre-trained) distribution")
+    boundary = int(base["nucleus_size"].iloc[0])
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    ax.axvspan(1, boundary, color="tab:green", alpha=0.08, lw=0, label=f"Trust region (|A_TR| = {boundary})")
+    ax.axvline(boundary, color="k", ls=":", lw=1.2, label="Trust-region boundary")
+    for stage in [s for s in STAGES if s in set(dists["stage"])] + sorted(set(dists["stage"]) - set(STAGES)):
+        d = dists[dists["stage"] == stage].sort_values("rank")
+        label = f"{d['label'].iloc[0]} (mass beyond boundary {tail_mass(d, boundary):.3f})"
+        ax.plot(d["rank"], d["prob"], lw=1.6, label=label, **STYLES.get(stage, {}))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Token rank (log scale)")
+    ax.set_ylabel("Next-token probability")
+    ax.set_title("Next-token distribution of the tiny policy")
+    ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def build(results: Path, out_dir: Path) -> list[Path]:
+    """Write <out_dir>/figure1.{pdf,png} from results/next_token_dists.csv (made by `python -m figures dists`)."""
+    dists = read_table(results, DISTS_FILE, ("stage", "label", "rank", "prob", "nucleus_size"))
+    return save_figure(draw(dists), out_dir, NAME)

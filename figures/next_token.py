@@ -1,0 +1,121 @@
+"""Extract next-token distributions of policies (HF dirs) into results/next_token_dists.csv for Figure 1.
+
+This is the only figures module that imports torch/transformers, and only `extract` does; figure1 reads the CSV.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from figures.common import DISTS_FILE, atomic_write_text
+
+DIST_COLUMNS = ["stage", "label", "model", "context", "rank", "prob", "vocab_size", "tail_beyond", "nucleus_size", "top_k"]
+STAGE_LABELS = {"base": "Pre-trained", "entropy": "After PPO + entropy", "tre": "After TRE"}
+TOP_P = 0.99  # the TRE-P nucleus of the paper's grid
+MAX_CANDIDATES = 256
+TOP_K = 2  # the TRE-K set of the paper's grid
+
+
+def nucleus_size(sorted_probs: Sequence[float], top_p: float = TOP_P, max_candidates: int = MAX_CANDIDATES) -> int:
+    """Size of the TRE-P trust region: tokens whose preceding (descending) mass is < top_p, at least 1, at most the cap."""
+    mass, count = 0.0, 0
+    for p in sorted_probs[:max_candidates]:
+        if count and mass >= top_p:
+            break
+        mass += p
+        count += 1
+    return count
+
+
+def dist_rows(stage: str, model: str, context: str, probs: Sequence[float], vocab_size: int, keep: int) -> list[dict[str, Any]]:
+    """Rows (rank 1..keep) of one descending-sorted next-token distribution, with its trust-region sizes."""
+    kept = [float(p) for p in probs[:keep]]
+    tail = max(0.0, 1.0 - math.fsum(kept))
+    n = nucleus_size(probs)
+    return [{"stage": stage, "label": STAGE_LABELS.get(stage, stage), "model": model, "context": context, "rank": r,
+             "prob": p, "vocab_size": vocab_size, "tail_beyond": tail, "nucleus_size": n, "top_k": TOP_K}
+            for r, p in enumerate(kept, start=1)]
+
+
+def render_context(tokenizer, messages: Sequence[dict[str, str]], response_prefix: str = "") -> str:
+    """The policy's context: the chat-templated prompt (with the assistant header) plus an optional response prefix."""
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return text + response_prefix
+
+
+def next_token_probs(model_dir: str, context: str) -> tuple[list[float], int]:
+    """Descending next-token probabilities of the policy at `model_dir` after `context`, and its vocabulary size."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    ids = tok(context, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, -1].float()
+    # Embedding rows past the tokenizer are padding that no sampler should pick; drop them like verl's rollout does.
+    logits = logits[: len(tok)] if len(tok) < logits.shape[0] else logits
+    probs = torch.softmax(logits, -1).sort(descending=True).values
+    return probs.tolist(), int(logits.shape[0])
+
+
+def prompt_from_parquet(path: Path, index: int = 0) -> list[dict[str, str]]:
+    """The chat messages of row `index` of a verl RLHFDataset parquet (column 'prompt')."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["prompt"])
+    if index >= table.num_rows:
+        raise ValueError(f"--prompt-index: {path} has {table.num_rows} rows, got {index}")
+    return list(table.column("prompt")[index].as_py())
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The HF dir of a run's last checkpoint (checkpoints/global_step_<N>/actor/huggingface)."""
+    steps = []
+    for d in (Path(run_dir) / "checkpoints").glob("global_step_*"):
+        hf = d / "actor" / "huggingface"
+        if d.name.removeprefix("global_step_").isdigit() and (hf / "config.json").is_file():
+            steps.append((int(d.name.removeprefix("global_step_")), hf))
+    if not steps:
+        raise FileNotFoundError(f"{run_dir}/checkpoints: no global_step_<N>/actor/huggingface with a config.json")
+    return max(steps)[1]
+
+
+def models_from_runs(runs_dir: Path, task: str, size: str, seed: int, tre_method: str) -> dict[str, str]:
+    """stage -> model dir: the base model named in the entropy run's config, and the last checkpoints of entropy and TRE."""
+    ent = Path(runs_dir) / task / size / "entropy" / f"seed{seed}"
+    tre = Path(runs_dir) / task / size / tre_method / f"seed{seed}"
+    config = json.loads((ent / "config.json").read_text())
+    base = config.get("resolved", {}).get("actor_rollout_ref", {}).get("model", {}).get("path")
+    if not base:
+        raise ValueError(f"{ent / 'config.json'}: no resolved.actor_rollout_ref.model.path")
+    return {"base": base, "entropy": str(latest_checkpoint(ent)), "tre": str(latest_checkpoint(tre))}
+
+
+def extract(models: dict[str, str], messages: Sequence[dict[str, str]], results: Path, response_prefix: str = "",
+            keep: int = 512) -> Path:
+    """Write results/next_token_dists.csv: the top-`keep` next-token probabilities of each stage's policy."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    context = render_context(AutoTokenizer.from_pretrained(models["base"]), messages, response_prefix)
+    rows = []
+    for stage, model_dir in models.items():
+        probs, vocab = next_token_probs(model_dir, context)
+        rows += dist_rows(stage, str(model_dir), context, probs, vocab, keep)
+    path = Path(results) / DISTS_FILE
+    atomic_write_text(path, pd.DataFrame(rows, columns=DIST_COLUMNS).to_csv(index=False, lineterminator="\n"))
+    return path
+
+
+def resolve_messages(prompt: Optional[str], prompt_file: Optional[Path], index: int) -> list[dict[str, str]]:
+    """Messages from --prompt (one user turn) or row `index` of --prompt-file (a verl parquet)."""
+    if prompt is not None:
+        return [{"role": "user", "content": prompt}]
+    if prompt_file is None:
+        raise ValueError("--prompt / --prompt-file: give one of them")
+    return prompt_from_parquet(Path(prompt_file), index)
