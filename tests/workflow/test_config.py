@@ -1,0 +1,155 @@
+"""workflow.config: merging, schema validation (one-line errors), the grid and the step command lines."""
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from workflow import config as wfc
+
+
+def user(**over):
+    return over
+
+
+def test_default_is_the_tiny_grid():
+    cfg = wfc.resolve({})
+    assert cfg["grid"] == "tiny" and cfg["sizes"] == ["tiny"]
+    runs = list(wfc.runs(cfg))
+    assert len(runs) == 3 * 6  # 3 tasks x 6 paper methods x 1 seed
+    assert runs[0] == wfc.Run("math", "tiny", "ppo", 0)
+    assert runs[0].run_dir == "runs/math/tiny/ppo/seed0"
+
+
+def test_paper_grid_is_the_full_grid():
+    cfg = wfc.resolve({"grid": "paper"})
+    runs = list(wfc.runs(cfg))
+    assert len(runs) == 3 * 2 * 6 * 3
+    assert {r.size for r in runs} == {"1.5b", "7b"}
+    assert set(cfg["methods"]) == {"ppo", "entropy", "kl_cov", "forking_tokens", "tre_k", "tre_p"}
+    assert wfc.step_resources(cfg, "train", "7b")["gpus_per_node"] == 8
+
+
+def test_user_keys_merge_deeply_over_the_grid():
+    cfg = wfc.resolve({"seeds": [3, 4], "data": {"math": {"train_size": 5}}})
+    assert cfg["seeds"] == [3, 4]
+    assert cfg["data"]["math"] == {"source": "evaluation/tasks/fixtures/math.jsonl", "train_size": 5, "test_size": 10}
+
+
+def test_deep_merge_replaces_lists_and_scalars():
+    assert wfc.deep_merge({"a": {"b": 1, "c": [1]}, "d": 1}, {"a": {"c": [2]}, "d": {"e": 1}}) == {
+        "a": {"b": 1, "c": [2]}, "d": {"e": 1}}
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"tasks": ["maths"]}, "config: tasks.0: 'maths' is not one of math, countdown, hh"),
+    ({"resources": {"train": {"tiny": {"gpu": 1}}}},
+     "config: resources.train.tiny.gpu: unknown key (allowed: account, additional, constraint, cpus_per_task, "
+     "gpus_per_node, max_requeue, mem_gb, nodes, partition, qos, setup, signal_delay_s, tasks_per_node, timeout_min)"),
+    ({"seeds": [-1]}, "config: seeds.0: -1 is less than the minimum of 0"),
+    ({"methods": ["ppo", "foo"]}, "config: methods.1: 'foo' is not one of "),
+    ({"grid": "huge"}, "config: grid: 'huge' is not one of tiny, paper"),
+    ({"launcher": {"cluster": "pbs"}}, "config: launcher.cluster: 'pbs' is not one of auto, slurm, local, debug"),
+    ({"sizes": ["7b"]}, "config: models.7b: required for size '7b'"),
+    ({"train": {"overrides": ["no_equals_sign"]}}, "config: train.overrides.0: 'no_equals_sign' does not match"),
+    ({"bogus": 1}, "config: bogus: unknown key (allowed: "),
+])
+def test_bad_config_is_one_line_naming_the_key(over, message):
+    with pytest.raises(wfc.ConfigError) as e:
+        wfc.resolve(over)
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_load_or_exit_exits_2_with_the_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        wfc.load_or_exit({"tasks": []})
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "config: tasks: [] should be non-empty\n"
+
+
+def test_step_resources_layers_default_launcher_and_step():
+    cfg = wfc.resolve({"launcher": {"partition": "gpu", "account": "proj"},
+                       "resources": {"train": {"tiny": {"partition": "long", "timeout_min": 7}}}})
+    assert wfc.step_resources(cfg, "train", "tiny") == {
+        "timeout_min": 7, "cpus_per_task": 1, "mem_gb": 6, "gpus_per_node": 0, "nodes": 1, "tasks_per_node": 1,
+        "partition": "long", "account": "proj", "signal_delay_s": 60, "max_requeue": 3}
+    assert wfc.step_resources(cfg, "eval", "tiny")["partition"] == "gpu"
+    with pytest.raises(wfc.ConfigError):
+        wfc.step_resources(cfg, "bake", "tiny")
+
+
+def test_command_lines_follow_the_step_interfaces():
+    cfg = wfc.resolve({"train": {"overrides": ["trainer.total_training_steps=2"],
+                                 "method_overrides": {"tre_k": ["actor_rollout_ref.actor.entropy_coeff=0.01"]}}})
+    run = wfc.Run("hh", "tiny", "tre_k", 1)
+    assert wfc.train_args(cfg, run) == [
+        "train", "--task", "hh", "--size", "tiny", "--method", "tre_k", "--seed", "1", "--profile", "tiny",
+        "--run-dir", "runs/hh/tiny/tre_k/seed1", "--data-dir", "data/hh", "--model-path", "models/tiny/policy",
+        "trainer.total_training_steps=2", "actor_rollout_ref.actor.entropy_coeff=0.01"]
+    assert wfc.data_args(cfg, "countdown") == [
+        "prepare", "countdown", "--out", "data/countdown", "--generate", "--train-size", "48", "--test-size", "16",
+        "--seed", "0"]
+    assert wfc.rm_train_args(cfg, "tiny") == [
+        "train", "--base", "models/tiny/reward", "--data", "evaluation/tasks/fixtures/ultrafeedback.jsonl",
+        "--out", "models/rm/tiny", "--preset", "tiny"]
+    assert wfc.eval_args(cfg, run) == ["evaluate", "runs/hh/tiny/tre_k/seed1", "--n", "4"]
+
+
+def test_paper_runs_pass_hub_models_and_multi_node_overrides():
+    cfg = wfc.resolve({"grid": "paper", "resources": {"train": {"7b": {"nodes": 2}}}})
+    args = wfc.train_args(cfg, wfc.Run("math", "7b", "ppo", 0))
+    assert args[args.index("--model-path") + 1] == "Qwen/Qwen2.5-7B-Instruct"
+    assert args[-2:] == ["trainer.nnodes=2", "trainer.n_gpus_per_node=8"]
+    assert wfc.data_args(cfg, "math") == ["prepare", "math", "--out", "data/math", "--train-size", "7500",
+                                          "--test-size", "5000"]
+
+
+def test_method_spec_changes_with_the_method_and_its_overrides(tmp_path):
+    cfg = wfc.resolve({})
+    table = wfc.method_table(tmp_path)
+    assert table["tre_k"]["entropy"] == "tre_k" and table["tre_k"]["top_k"] == 2
+    a = wfc.method_spec(cfg, wfc.Run("math", "tiny", "tre_k", 0))
+    b = wfc.method_spec(wfc.resolve({"train": {"method_overrides": {"tre_k": ["x=1"]}}}),
+                        wfc.Run("math", "tiny", "tre_k", 0))
+    assert a["method_spec"] == table["tre_k"] and a["overrides"] == [] and b["overrides"] == ["x=1"]
+    assert json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True)
+    # a second call reads the cache written by the first
+    assert len(list(tmp_path.glob("methods-*.json"))) == 1
+    assert wfc.method_table(tmp_path) == table
+
+
+def test_launcher_cmd_quotes_everything():
+    cfg = wfc.resolve({})
+    cmd = wfc.launcher_cmd("/py", name="train", log_dir="logs/train/x", config=cfg, resources={"nodes": 1},
+                           argv=["/py", "-m", "tre.backend", "a b"], checkpointable=True, reward_model="models/rm/tiny",
+                           supersede=("runs/x", '{"k": 1}'), term_grace_s=30)
+    assert shlex.split(cmd) == [
+        "/py", "-m", "workflow.launcher", "run", "--name", "train", "--log-dir", "logs/train/x", "--cluster", "auto",
+        "--resources", '{"nodes": 1}', "--checkpointable", "--reward-model", "models/rm/tiny",
+        "--supersede", "runs/x", '{"k": 1}', "--term-grace-s", "30", "--", "/py", "-m", "tre.backend", "a b"]
+
+
+def test_made_paths_are_rule_inputs_hub_ids_are_not():
+    assert wfc.is_made_path("models/tiny/policy") and wfc.is_made_path("models/rm/7b")
+    assert not wfc.is_made_path("Qwen/Qwen2.5-7B-Instruct") and not wfc.is_made_path(None)
+
+
+def test_figure1_needs_its_runs_in_the_grid():
+    with pytest.raises(wfc.ConfigError) as e:
+        wfc.resolve({"methods": ["ppo", "tre_k"]})
+    assert str(e.value) == ("config: figures: figure1 compares the entropy and tre_p runs; add 'entropy' to methods "
+                            "or drop figure1")
+    with pytest.raises(wfc.ConfigError) as e:
+        wfc.resolve({"tasks": ["math"]})
+    assert str(e.value) == "config: figure1.task: 'countdown' is not in tasks ['math']"
+    assert wfc.resolve({"methods": ["ppo"], "figures": ["curves"]})["methods"] == ["ppo"]
+    assert wfc.figure1_run(wfc.resolve({"grid": "paper"})) == {"task": "countdown", "size": "1.5b", "seed": 0,
+                                                                "tre_method": "tre_p"}
+
+
+def test_artefact_outputs():
+    assert wfc.artefact_outputs("table_final") == ["results/tables/table_final.csv", "results/tables/table_final.md",
+                                                   "results/tables/table_final.tex"]
+    assert wfc.artefact_outputs("curves") == ["results/figures/curves.pdf", "results/figures/curves.png"]

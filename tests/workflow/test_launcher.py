@@ -1,0 +1,162 @@
+"""workflow.launcher without Slurm: resource mapping, executor choice, debug/local runs, records, reward server."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workflow import launcher as L
+
+PY = sys.executable
+
+
+def test_resources_validate_keys_and_types():
+    r = L.Resources.from_mapping({"timeout_min": 5, "mem_gb": 2, "partition": "gpu", "setup": ["module load x"]})
+    assert (r.timeout_min, r.mem_gb, r.partition, r.setup) == (5, 2.0, "gpu", ("module load x",))
+    with pytest.raises(L.LaunchError, match=r"^resources\.gpus: unknown key \(allowed: timeout_min, "):
+        L.Resources.from_mapping({"gpus": 1})
+    with pytest.raises(L.LaunchError, match=r"^resources\.nodes: must be an integer >= 1, got 0$"):
+        L.Resources.from_mapping({"nodes": 0})
+    with pytest.raises(L.LaunchError, match=r"^resources\.mem_gb: must be a positive number, got 'x'$"):
+        L.Resources.from_mapping({"mem_gb": "x"})
+
+
+def test_cluster_is_slurm_only_where_srun_exists(monkeypatch):
+    monkeypatch.delenv(L.ENV_CLUSTER, raising=False)
+    assert L.resolve_cluster("auto", which=lambda name: "/usr/bin/srun", answers=lambda: True) == "slurm"
+    # srun installed but no controller answering (Slurm stopped): local processes
+    assert L.resolve_cluster("auto", which=lambda name: "/usr/bin/srun", answers=lambda: False) == "local"
+    assert L.resolve_cluster(None, which=lambda name: None) == "local"
+    assert L.resolve_cluster("debug") == "debug"
+    monkeypatch.setenv(L.ENV_CLUSTER, "debug")
+    assert L.resolve_cluster(None, which=lambda name: "/usr/bin/srun", answers=lambda: True) == "debug"
+    with pytest.raises(L.LaunchError, match="^cluster: must be one of auto, slurm, local, debug, got 'pbs'$"):
+        L.resolve_cluster("pbs")
+
+
+def test_executor_parameters_per_cluster():
+    r = L.Resources(timeout_min=30, cpus_per_task=4, mem_gb=8, gpus_per_node=8, nodes=2, partition="gpu",
+                    account="proj", signal_delay_s=300, additional={"exclusive": True})
+    assert L.executor_parameters(r, "slurm", "train") == {
+        "name": "train", "timeout_min": 30, "cpus_per_task": 4, "gpus_per_node": 8, "tasks_per_node": 1,
+        "nodes": 2, "mem_gb": 8.0, "slurm_signal_delay_s": 300, "slurm_partition": "gpu", "slurm_account": "proj",
+        "slurm_additional_parameters": {"exclusive": True}}
+    single = L.Resources(timeout_min=30, cpus_per_task=4)
+    assert L.executor_parameters(single, "local", "eval") == {
+        "name": "eval", "timeout_min": 30, "cpus_per_task": 4, "gpus_per_node": 0, "tasks_per_node": 1}
+    with pytest.raises(L.LaunchError, match=r"^resources\.nodes: 2 nodes need the slurm cluster, not 'local'$"):
+        L.executor_parameters(r, "local", "train")
+
+
+def _cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "workflow.launcher", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("cluster", ["debug", "local"])
+def test_run_success_records_the_job(tmp_path, cluster):
+    proc = _cli("run", "--name", "t", "--log-dir", "logs/t/a", "--cluster", cluster, "--record", "out/rec.json",
+                "--", "bash", "-c", "echo $((6*7)) > answer.txt", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "answer.txt").read_text() == "42\n"
+    rec = json.loads((tmp_path / "logs/t/a/job.json").read_text())
+    assert rec["state"] == "completed" and rec["cluster"] == cluster
+    assert rec["results"][0]["returncode"] == 0
+    assert json.loads((tmp_path / "out/rec.json").read_text())["job_id"] == rec["job_id"]
+    if cluster == "local":  # submitit's folder and logs are kept on success
+        assert (tmp_path / f"logs/t/a/{rec['job_id']}/{rec['job_id']}_0_log.out").exists()
+
+
+@pytest.mark.parametrize("cluster", ["debug", "local"])
+def test_run_failure_is_one_line_with_the_log_path(tmp_path, cluster):
+    proc = _cli("run", "--name", "t", "--log-dir", "logs/t", "--cluster", cluster, "--",
+                "bash", "-c", "echo boom >&2; exit 3", cwd=tmp_path)
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    rec = json.loads((tmp_path / "logs/t/job.json").read_text())
+    assert line.startswith(f"launcher: t: job {rec['job_id']} failed (")
+    assert "command exited with code 3: bash -c 'echo boom >&2; exit 3'" in line
+    assert line.endswith(f"log: {rec['stderr']}")
+    assert rec["state"] == "failed"
+    if cluster == "local":
+        assert "boom" in Path(tmp_path, rec["stderr"]).read_text()
+
+
+def test_cli_user_errors_exit_2(tmp_path):
+    bad = _cli("run", "--name", "t", "--log-dir", "l", "--resources", '{"gpu": 1}', "--", "true", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("launcher: resources.gpu: unknown key")
+    nocmd = _cli("run", "--name", "t", "--log-dir", "l", cwd=tmp_path)
+    assert (nocmd.returncode, nocmd.stderr) == (2, "launcher: command: missing; give it after `--`\n")
+    cl = _cli("run", "--name", "t", "--log-dir", "l", "--cluster", "pbs", "--", "true", cwd=tmp_path)
+    assert cl.returncode == 2 and "cluster: must be one of auto, slurm, local, debug" in cl.stderr
+    assert "Traceback" not in bad.stderr + nocmd.stderr + cl.stderr
+
+
+def test_reward_server_runs_next_to_the_command(standin_workdir):
+    proc = _cli("run", "--name", "t", "--log-dir", "logs/t", "--cluster", "debug", "--reward-model", "models/rm/x",
+                "--", PY, "-c", "import os, urllib.request; u = os.environ['REWARD_SERVER_URL']; "
+                "open('url.txt', 'w').write(u); print(urllib.request.urlopen(u.replace('/predict', '/health')).read())",
+                cwd=standin_workdir)
+    assert proc.returncode == 0, proc.stderr
+    url = (standin_workdir / "url.txt").read_text()
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/predict")
+    serve = [json.loads(x) for x in (standin_workdir / "calls.jsonl").read_text().splitlines()]
+    assert serve[0]["argv"][:5] == ["serve", "--model", "models/rm/x", "--host", "127.0.0.1"]
+    # the server is gone once the step is over
+    with pytest.raises(OSError):
+        import urllib.request
+        urllib.request.urlopen(url.replace("/predict", "/health"), timeout=2)
+
+
+def test_reward_server_that_never_gets_ready_fails_the_step(tmp_path):
+    (tmp_path / "evaluation" / "reward_model").mkdir(parents=True)
+    (tmp_path / "evaluation" / "__init__.py").write_text("")
+    (tmp_path / "evaluation" / "reward_model" / "__init__.py").write_text("")
+    (tmp_path / "evaluation" / "reward_model" / "__main__.py").write_text("raise SystemExit('no model here')\n")
+    proc = _cli("run", "--name", "t", "--log-dir", "logs/t", "--cluster", "debug", "--reward-model", "nope",
+                "--", "true", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "reward server: server behind http://127.0.0.1:" in proc.stderr
+    assert "exited before it was ready; log: " in proc.stderr
+
+
+def test_local_multi_task_ranks_meet(tmp_path):
+    """Two tasks of one allocation find each other (the multi-node path, here as 2 local tasks)."""
+    spec = L.StepSpec(name="grp", log_dir=tmp_path / "logs", cluster="local", cwd=str(tmp_path),
+                      resources=L.Resources(tasks_per_node=2, timeout_min=2),
+                      argv=["bash", "-c", "echo $WORLD_SIZE $NODE_RANK $MASTER_ADDR > env.txt"])
+    rec = L.launch(spec)
+    peers = [r["peers"] for r in rec["results"]]
+    assert [p["rank"] for p in peers[0]] == [0, 1] and peers[0] == peers[1]
+    world, rank, addr = (tmp_path / "env.txt").read_text().split()
+    assert (world, rank, addr) == ("2", "0", peers[0][0]["ip"])
+
+
+def test_supersede_moves_a_run_made_with_another_spec(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs/math/tiny/tre_k/seed0")
+    stamp = Path("logs/train/x/spec.json")
+    run.mkdir(parents=True)
+    assert L.supersede_if_changed(run, stamp, '{"top_k": 2}') is None  # first time: just stamps
+    (run / "metrics.jsonl").write_text("{}\n")
+    assert L.supersede_if_changed(run, stamp, '{"top_k": 2}') is None  # same spec: resume as is
+    moved = L.supersede_if_changed(run, stamp, '{"top_k": 4}')
+    assert moved is not None and moved.parts[0] == "runs.superseded" and moved.name.startswith("seed0-")
+    assert (moved / "metrics.jsonl").exists() and not run.exists()
+    assert json.loads(stamp.read_text()) == {"top_k": 4}
+
+
+def test_attach_only_to_a_live_job_of_the_same_step(tmp_path):
+    spec = L.StepSpec(name="t", log_dir=tmp_path, argv=["sleep", "1"], cluster="slurm")
+    base = {"fingerprint": spec.fingerprint(), "cluster": "slurm", "job_id": "77", "state": "submitted"}
+    L.write_record(tmp_path, base)
+    assert L.attach(spec, "slurm", state_of=lambda j: "RUNNING").job_id == "77"
+    assert L.attach(spec, "slurm", state_of=lambda j: "FAILED") is None
+    L.write_record(tmp_path, {**base, "fingerprint": "other"})
+    assert L.attach(spec, "slurm", state_of=lambda j: "RUNNING") is None
+    L.write_record(tmp_path, {**base, "state": "completed"})
+    assert L.attach(spec, "slurm", state_of=lambda j: "RUNNING") is None

@@ -1,0 +1,321 @@
+"""Load, merge and validate the workflow config, and turn it into the grid and the step commands the rules run."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+GRIDS = ("tiny", "paper")
+STEPS = ("rm_train", "train", "eval")
+# Paths the workflow itself makes: a model path under these prefixes is a rule input, anything else (a hub id,
+# a model the user placed elsewhere) is taken as given.
+MADE_MODEL_PREFIXES = ("models/tiny/", "models/rm/")
+
+
+METHOD_CACHE_DIR = Path(".snakemake") / "tre-cache"
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message is one line naming the key."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def method_table(cache_dir: Optional[Path] = None) -> dict[str, dict[str, Any]]:
+    """name -> fields of every baselines.METHODS entry, cached by the hash of baselines/*.py.
+
+    Importing baselines imports torch (seconds); the cache keeps `snakemake -n` fast while any edit of a
+    method's parameters still changes the table (and so reruns that method's runs)."""
+    spec = importlib.util.find_spec("baselines")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("methods: the baselines package is not importable")
+    digest = hashlib.sha256()
+    for src in sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.py")):
+        digest.update(src.name.encode() + b"\0" + src.read_bytes())
+    cache = Path(cache_dir or METHOD_CACHE_DIR) / f"methods-{digest.hexdigest()[:16]}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    from baselines import METHODS
+
+    table = {name: _jsonable({f.name: getattr(m, f.name) for f in dataclasses.fields(m)}) for name, m in METHODS.items()}
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only checkout still works, only slower
+    return table
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from path."""
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a mapping")
+    return data
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """base updated by over, recursively for mappings (lists and scalars replace)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _path_str(path: Sequence[Any]) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def validate(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Check config against the JSON schema and the method registry; raise ConfigError (one line) if it is bad."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        path = list(err.absolute_path)
+        if err.validator == "additionalProperties":
+            allowed = sorted((err.schema.get("properties") or {}).keys())
+            extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, Mapping) else []
+            key = _path_str([*path, extra[0]]) if extra else _path_str(path)
+            raise ConfigError(f"config: {key}: unknown key (allowed: {', '.join(allowed)})")
+        if err.validator == "required":
+            missing = [k for k in err.validator_value if k not in err.instance]
+            raise ConfigError(f"config: {_path_str([*path, missing[0]])}: required key missing")
+        if err.validator == "enum":
+            raise ConfigError(f"config: {_path_str(path)}: {err.instance!r} is not one of "
+                              f"{', '.join(map(str, err.validator_value))}")
+        raise ConfigError(f"config: {_path_str(path)}: {err.message}")
+    _check_semantics(config)
+
+
+def _check_semantics(config: Mapping[str, Any]) -> None:
+    METHODS = method_table()
+    for i, m in enumerate(config["methods"]):
+        if m not in METHODS:
+            raise ConfigError(f"config: methods.{i}: {m!r} is not one of {', '.join(METHODS)}")
+    for m in config["train"].get("method_overrides", {}):
+        if m not in METHODS:
+            raise ConfigError(f"config: train.method_overrides.{m}: not a method (one of {', '.join(METHODS)})")
+    for t in config["tasks"]:
+        if t not in config["data"]:
+            raise ConfigError(f"config: data.{t}: required for task {t!r}")
+    for s in config["sizes"]:
+        if s not in config["models"]:
+            raise ConfigError(f"config: models.{s}: required for size {s!r}")
+    if "figure1" in config["figures"] and not config.get("archive_only", False):
+        f1 = figure1_run(config)
+        for m in ("entropy", f1["tre_method"]):
+            if m not in config["methods"]:
+                raise ConfigError(f"config: figures: figure1 compares the entropy and {f1['tre_method']} runs; "
+                                  f"add {m!r} to methods or drop figure1")
+        for key, pool in (("task", "tasks"), ("size", "sizes"), ("seed", "seeds")):
+            if f1[key] not in config[pool]:
+                raise ConfigError(f"config: figure1.{key}: {f1[key]!r} is not in {pool} {config[pool]}")
+    if config["profile"] == "tiny" and any(s != "tiny" for s in config["sizes"]):
+        bad = next(s for s in config["sizes"] if s != "tiny")
+        raise ConfigError(f"config: sizes: {bad!r} needs profile 'paper' (profile 'tiny' runs size 'tiny' only)")
+
+
+def resolve(user: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    """The effective config: the grid's base file (tiny unless user sets grid) updated by the user's keys."""
+    grid = user.get("grid", "tiny")
+    if grid not in GRIDS:
+        raise ConfigError(f"config: grid: {grid!r} is not one of {', '.join(GRIDS)}")
+    config = deep_merge(load_yaml(config_dir / f"{grid}.yaml"), user)
+    validate(config, load_yaml(config_dir / "schema.yaml"))
+    return config
+
+
+def load_or_exit(user: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    """resolve(), but a bad config prints its one line and exits with status 2 (no traceback)."""
+    try:
+        return resolve(user, config_dir)
+    except ConfigError as e:
+        sys.stderr.write(f"{e}\n")
+        raise SystemExit(2) from None
+
+
+# ------------------------------------------------------------------------------------------- the grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One PPO run of the grid."""
+
+    task: str
+    size: str
+    method: str
+    seed: int
+
+    @property
+    def run_dir(self) -> str:
+        """runs/<task>/<size>/<method>/seed<k> (the shared run-directory contract)."""
+        return f"runs/{self.task}/{self.size}/{self.method}/seed{self.seed}"
+
+    @property
+    def wildcards(self) -> str:
+        """The same path below logs/<rule>/."""
+        return f"{self.task}/{self.size}/{self.method}/seed{self.seed}"
+
+
+def runs(config: Mapping[str, Any]) -> Iterator[Run]:
+    """Every run of the grid, in task, size, method, seed order."""
+    for task in config["tasks"]:
+        for size in config["sizes"]:
+            for method in config["methods"]:
+                for seed in config["seeds"]:
+                    yield Run(task, size, method, int(seed))
+
+
+def figure1_run(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Task, size, seed and TRE method whose checkpoints Figure 1 compares (nulls: the grid's first)."""
+    f1 = dict(config.get("figure1") or {})
+    return {"task": f1.get("task", "countdown"),
+            "size": f1.get("size") if f1.get("size") is not None else config["sizes"][0],
+            "seed": f1.get("seed") if f1.get("seed") is not None else config["seeds"][0],
+            "tre_method": f1.get("tre_method", "tre_p")}
+
+
+def artefact_outputs(name: str) -> list[str]:
+    """The files `python -m figures NAME` writes: tables under results/tables, figures under results/figures."""
+    if name.startswith("table"):
+        return [f"results/tables/{name}.{ext}" for ext in ("csv", "md", "tex")]
+    return [f"results/figures/{name}.{ext}" for ext in ("pdf", "png")]
+
+
+def needs_reward_model(config: Mapping[str, Any]) -> list[str]:
+    """Sizes whose HH runs need a trained reward model."""
+    return list(config["sizes"]) if "hh" in config["tasks"] else []
+
+
+def is_made_path(path: Optional[str]) -> bool:
+    """Whether a model path is produced by this workflow (so it is a rule input)."""
+    return bool(path) and str(path).startswith(MADE_MODEL_PREFIXES)
+
+
+# ----------------------------------------------------------------------------------------- resources
+
+
+def step_resources(config: Mapping[str, Any], step: str, size: str) -> dict[str, Any]:
+    """Resources of one step at one size: default, then launcher partition/account, then the step's own entry."""
+    if step not in STEPS:
+        raise ConfigError(f"step: {step!r} is not one of {', '.join(STEPS)}")
+    res = dict(config["resources"]["default"])
+    for key in ("partition", "account"):
+        if config["launcher"].get(key) is not None:
+            res[key] = config["launcher"][key]
+    res.update(config["resources"].get(step, {}).get(size, {}))
+    return res
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def method_spec(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """What makes a run what it is (Snakemake reruns it when this changes): method fields and overrides."""
+    return {
+        "method_spec": method_table()[run.method],
+        "profile": config["profile"],
+        "model": config["models"][run.size]["policy"],
+        "overrides": train_overrides(config, run),
+    }
+
+
+def train_overrides(config: Mapping[str, Any], run: Run) -> list[str]:
+    """key=value overrides passed to the backend for this run (global, per method, then multi-node)."""
+    out = list(config["train"].get("overrides", []))
+    out += list(config["train"].get("method_overrides", {}).get(run.method, []))
+    res = step_resources(config, "train", run.size)
+    if res.get("nodes", 1) > 1:
+        out += [f"trainer.nnodes={res['nodes']}", f"trainer.n_gpus_per_node={res.get('gpus_per_node', 0)}"]
+    return out
+
+
+def data_args(config: Mapping[str, Any], task: str) -> list[str]:
+    """Arguments of `python -m evaluation.tasks prepare TASK --out data/TASK ...`."""
+    spec = config["data"][task]
+    args = ["prepare", task, "--out", f"data/{task}"]
+    if spec.get("generate"):
+        args.append("--generate")
+    if spec.get("source"):
+        args += ["--source", spec["source"]]
+    for key in ("train_size", "test_size", "seed"):
+        if spec.get(key) is not None:
+            args += [f"--{key.replace('_', '-')}", str(spec[key])]
+    return args
+
+
+def rm_train_args(config: Mapping[str, Any], size: str) -> list[str]:
+    """Arguments of `python -m evaluation.reward_model train ...` for the RM of one size."""
+    rm = config["reward_model"]
+    args = ["train", "--base", config["models"][size]["reward_base"], "--data", rm["data"],
+            "--out", f"models/rm/{size}", "--preset", size]
+    for key in ("max_steps", "limit"):
+        if rm.get(key) is not None:
+            args += [f"--{key.replace('_', '-')}", str(rm[key])]
+    return args
+
+
+def train_args(config: Mapping[str, Any], run: Run) -> list[str]:
+    """Arguments of `python -m tre.backend train ...` for one run."""
+    args = ["train", "--task", run.task, "--size", run.size, "--method", run.method, "--seed", str(run.seed),
+            "--profile", config["profile"], "--run-dir", run.run_dir, "--data-dir", f"data/{run.task}"]
+    policy = config["models"][run.size]["policy"]
+    if policy:
+        args += ["--model-path", policy]
+    return args + train_overrides(config, run)
+
+
+def eval_args(config: Mapping[str, Any], run: Run) -> list[str]:
+    """Arguments of `python -m evaluation evaluate RUN_DIR ...` for one run."""
+    args = ["evaluate", run.run_dir, "--n", str(config["eval"]["n"])]
+    if config["eval"].get("step") is not None:
+        args += ["--step", str(config["eval"]["step"])]
+    return args
+
+
+def launcher_cmd(python: str, *, name: str, log_dir: str, config: Mapping[str, Any], resources: Mapping[str, Any],
+                 argv: Sequence[str], checkpointable: bool = False, reward_model: Optional[str] = None,
+                 ray: bool = False, record: Optional[str] = None, supersede: Optional[tuple[str, str]] = None,
+                 term_grace_s: Optional[float] = None) -> str:
+    """The shell command of a rule that runs argv through the launcher."""
+    cmd = [python, "-m", "workflow.launcher", "run", "--name", name, "--log-dir", log_dir,
+           "--cluster", config["launcher"]["cluster"], "--resources", json.dumps(dict(resources), sort_keys=True)]
+    if checkpointable:
+        cmd.append("--checkpointable")
+    if reward_model:
+        cmd += ["--reward-model", reward_model]
+    if ray:
+        cmd.append("--ray")
+    if record:
+        cmd += ["--record", record]
+    if supersede:
+        cmd += ["--supersede", supersede[0], supersede[1]]
+    if term_grace_s is not None:
+        cmd += ["--term-grace-s", str(term_grace_s)]
+    return shlex.join([*cmd, "--", *argv])

@@ -1,0 +1,32 @@
+# Task data (verl RLHFDataset parquet) and the tiny offline models; both light, run where Snakemake runs.
+
+
+localrules:
+    data,
+    tiny_model,
+
+
+rule data:
+    output:
+        train="data/{task}/train.parquet",
+        test="data/{task}/test.parquet",
+    params:
+        args=lambda wc: shlex.join(wfc.data_args(config, wc.task)),
+    log:
+        "logs/data/{task}.log",
+    shell:
+        "{PY} -m evaluation.tasks {params.args} > {log} 2>&1"
+
+
+rule tiny_model:
+    output:
+        policy=directory("models/tiny/policy"),
+        reward=directory("models/tiny/reward"),
+    params:
+        vocab=config.get("tiny_model", {}).get("vocab_size", 8192),
+        seed=config.get("tiny_model", {}).get("seed", 0),
+    log:
+        "logs/tiny_model/tiny_model.log",
+    shell:
+        "{PY} -m evaluation.tiny_model --out models/tiny --kind both --vocab-size {params.vocab} "
+        "--seed {params.seed} > {log} 2>&1"
