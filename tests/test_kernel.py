@@ -174,6 +174,18 @@ def test_gradient_only_reaches_kept_logits():
     assert logits.grad[0, :2].sum().item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("use_reentrant", [True, False])
+@pytest.mark.parametrize("kw", [{}, {"top_k": 1}, {"top_k": 2}, {"top_p": 0.9}, {"top_p": 0.9, "chunk_size": 2}], ids=["full", "k1", "k2", "p", "p-chunk"])
+def test_works_under_activation_checkpointing(kw, use_reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    base = torch.randn(5, 40)
+    a, b = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+    checkpoint(lambda t: tre(t, **kw), a, use_reentrant=use_reentrant).sum().backward()
+    tre(b, **kw).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
 def test_empty_positions_and_no_grad_mode():
     assert tre(torch.zeros(0, 10), top_k=2).shape == (0,)
     with torch.no_grad():

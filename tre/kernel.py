@@ -150,12 +150,13 @@ class _TRE(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         g = grad_out.float().unsqueeze(-1)
-        if len(ctx.saved_tensors) == 2:
-            idx, dz = ctx.saved_tensors
+        saved = ctx.saved_tensors  # unpack once: non-reentrant checkpointing allows a single unpack
+        if len(saved) == 2:
+            idx, dz = saved
             grad = torch.zeros(ctx.shape, dtype=ctx.in_dtype, device=idx.device)
             grad.scatter_(-1, idx, (dz * g).to(ctx.in_dtype))
             return grad, None, None, None, None
-        (logits,) = ctx.saved_tensors
+        (logits,) = saved
         if ctx.mode in ("full", "min"):
             row_grad = _full_grad_rows if ctx.mode == "full" else _neg_log_pmax_grad_rows
             grad = torch.empty_like(logits)
