@@ -1,0 +1,31 @@
+"""Shared assets for the backend tests: the project's tiny Qwen2 policy and a small Countdown data set."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """evaluation.tiny_model's policy: real Qwen2.5 tokenizer cut to 8,192 ranks, 2 layers, hidden 64."""
+    from evaluation.tiny_model import build
+
+    return build(tmp_path_factory.mktemp("tiny_model") / "policy", vocab_size=8192, seed=0, kind="policy")
+
+
+@pytest.fixture(scope="session")
+def countdown_data(tmp_path_factory) -> Path:
+    """data/countdown-style train/test parquet made by `evaluation.tasks prepare` from the offline fixture."""
+    from evaluation.tasks import FIXTURES_DIR
+
+    out = tmp_path_factory.mktemp("data") / "countdown"
+    subprocess.run([PYTHON, "-m", "evaluation.tasks", "prepare", "countdown", "--source", str(FIXTURES_DIR / "countdown.jsonl"),
+                    "--train-size", "48", "--test-size", "4", "--out", str(out)], check=True, capture_output=True, cwd=REPO)
+    return out

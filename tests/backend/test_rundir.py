@@ -1,0 +1,75 @@
+"""The run-directory contract without verl: metric rows, no duplicated steps, resume truncation, summary values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from tre.backend import rundir
+from tre.backend.rundir import MetricsLog, latest_checkpoint_step, metric_row, read_metrics, summarize, truncate_metrics
+
+VAL = "val-core/countdown/reward/mean@1"
+
+
+def test_metric_row_keeps_scalars_only_and_nulls_non_finite():
+    row = metric_row({"a": np.float64(1.5), "b": 2, "c": float("nan"), "d": "text", "e": [1, 2], "f": np.array(3.0), "g": True}, 4)
+    assert row == {"step": 4, "a": 1.5, "b": 2.0, "c": None, "f": 3.0, "g": 1.0}
+
+
+def test_metrics_log_appends_and_never_repeats_a_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    assert log.log({VAL: 0.1}, 0) and log.log({"actor/pg_loss": 0.5}, 1)
+    assert not log.log({VAL: 0.9}, 0)  # e.g. val_before_train again at a resumed step
+    again = MetricsLog(path)  # a restarted process reads what is on disk
+    assert not again.log({"actor/pg_loss": 7.0}, 1) and again.log({"actor/pg_loss": 0.4}, 2)
+    assert read_metrics(path) == [{"step": 0, VAL: 0.1}, {"step": 1, "actor/pg_loss": 0.5}, {"step": 2, "actor/pg_loss": 0.4}]
+
+
+def test_truncate_drops_steps_past_the_checkpoint_and_a_torn_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in (0, 1, 2, 3)) + '{"step": 4, "x"')
+    assert truncate_metrics(path, 2) == 1  # step 3 (the torn line is not a row)
+    assert [r["step"] for r in read_metrics(path)] == [0, 1, 2]
+    assert truncate_metrics(tmp_path / "absent.jsonl", 5) == 0
+
+
+def test_latest_checkpoint_step_needs_the_marker_and_the_folder(tmp_path):
+    assert latest_checkpoint_step(tmp_path) == 0
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("4")
+    assert latest_checkpoint_step(tmp_path) == 0
+    (tmp_path / "global_step_4").mkdir()
+    assert latest_checkpoint_step(tmp_path) == 4
+
+
+def test_summary_values():
+    rows = [{"step": 0, VAL: 0.2},
+            {"step": 1, "training/global_step": 1.0},
+            {"step": 2, "training/global_step": 2.0, VAL: 0.5},
+            {"step": 3, "training/global_step": 3.0},
+            {"step": 4, "training/global_step": 4.0, VAL: 0.5, "val-aux/countdown/reward/std@1": 0.1},
+            {"step": 5, "training/global_step": 5.0, VAL: 0.3}]
+    assert summarize(rows) == {"val_metric": VAL, "final_val_score": 0.3, "best_val_score": 0.5, "best_step": 2, "steps": 5}
+    assert summarize([])["steps"] == 0 and summarize([])["val_metric"] is None
+    two = [{"step": 1, "val-core/a/reward/mean@1": 1.0, "val-core/b/reward/mean@1": 2.0}]
+    assert summarize(two, preferred_metric="val-core/b/reward/mean@1")["final_val_score"] == 2.0
+
+
+def test_atomic_write_json_leaves_no_temp_files(tmp_path):
+    rundir.atomic_write_json(tmp_path / "s.json", {"x": math.pi})
+    assert json.loads((tmp_path / "s.json").read_text()) == {"x": math.pi}
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+def test_config_record_fields():
+    from baselines import get_method
+    from tre.backend.profiles import RunSpec
+
+    rec = rundir.config_record(RunSpec("math", "1.5b", "forking_tokens", seed=2), get_method("forking_tokens"), ["a=1"], {"k": 1})
+    assert set(rec) == {"task", "size", "method", "seed", "profile", "method_spec", "overrides", "resolved", "git_commit",
+                        "packages", "device", "created"}
+    assert rec["method_spec"]["loss_params"] == {"forking_top_ratio": 0.2, "forking_scope": "micro_batch"}
+    assert rec["device"] == "cpu" and rec["packages"]["verl"] == "0.4.1"
+    json.dumps(rec)

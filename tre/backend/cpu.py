@@ -1,0 +1,258 @@
+"""Run verl 0.4.1 without a GPU: four runtime shims installed in every Ray worker, and the Ray launcher.
+
+The shims (notes/verl-cpu.md §2) only run when CUDA is absent; nothing in verl's files is changed:
+  A. gloo instead of NCCL (verl builds "cpu:gloo,cpu:<nccl>" for init_process_group);
+  B. sdpa instead of the hard-coded flash_attention_2;
+  C. the torch.cuda-only memory/RNG functions verl calls on `torch.cpu`;
+  D. `BaseShardingManager.timing`, which the HF rollout path reads but never sets.
+`worker_setup` is Ray's `worker_process_setup_hook`: it runs at the start of every worker process, before verl
+builds its workers (too early for `external_lib`, which is imported in `init_model`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import resource
+import shutil
+import signal
+import tempfile
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+SEED_ENV = "TRE_SEED"
+
+
+def _shim_distributed() -> None:
+    """A: gloo everywhere on CPU."""
+    import torch.distributed as dist
+
+    import verl.utils.device as device
+
+    device.get_nccl_backend = lambda: "gloo"
+    try:
+        import verl.workers.fsdp_workers as fsdp_workers
+
+        fsdp_workers.get_nccl_backend = device.get_nccl_backend
+    except ImportError:
+        pass
+    if getattr(dist.init_process_group, "_tre_shim", False):
+        return
+    orig = dist.init_process_group
+
+    @functools.wraps(orig)
+    def init_process_group(backend=None, *args, **kwargs):
+        if isinstance(backend, str) and "gloo" in backend and "," in backend:
+            backend = "gloo"  # "cpu:gloo,cpu:gloo" names the cpu device twice, which torch rejects
+        return orig(backend, *args, **kwargs)
+
+    init_process_group._tre_shim = True
+    dist.init_process_group = init_process_group
+
+
+def _no_flash(kwargs: dict) -> dict:
+    if kwargs.get("attn_implementation") == "flash_attention_2":
+        kwargs["attn_implementation"] = "sdpa"
+    return kwargs
+
+
+def _shim_attention() -> None:
+    """B: verl hard-codes attn_implementation='flash_attention_2'; flash-attn needs CUDA."""
+    import transformers.models.auto.modeling_auto  # noqa: F401  (defines every Auto* class)
+    from transformers import AutoConfig
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+
+    if getattr(AutoConfig.from_pretrained, "_tre_shim", False):
+        return
+    cfg_orig = AutoConfig.from_pretrained.__func__
+
+    def config_from_pretrained(cls, *args, **kwargs):
+        config = cfg_orig(cls, *args, **_no_flash(kwargs))
+        if getattr(config, "_attn_implementation", None) == "flash_attention_2":
+            config._attn_implementation = "sdpa"
+        return config
+
+    config_from_pretrained._tre_shim = True
+    AutoConfig.from_pretrained = classmethod(config_from_pretrained)
+
+    def patch(auto_cls) -> None:
+        # transformers copies from_pretrained/from_config onto every Auto* class, so each one is patched.
+        pre_orig = auto_cls.from_pretrained.__func__
+        conf_orig = auto_cls.from_config.__func__
+
+        def model_from_pretrained(cls, *args, **kwargs):
+            return pre_orig(cls, *args, **_no_flash(kwargs))
+
+        def model_from_config(cls, config, *args, **kwargs):
+            if getattr(config, "_attn_implementation", None) == "flash_attention_2":
+                config._attn_implementation = "sdpa"
+            return conf_orig(cls, config, *args, **_no_flash(kwargs))
+
+        auto_cls.from_pretrained = classmethod(model_from_pretrained)
+        auto_cls.from_config = classmethod(model_from_config)
+
+    todo = [_BaseAutoModelClass]
+    while todo:
+        auto_cls = todo.pop()
+        todo.extend(auto_cls.__subclasses__())
+        patch(auto_cls)
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _mem_get_info() -> tuple[int, int]:
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return vm.available, vm.total
+
+
+def _shim_torch_cpu() -> None:
+    """C: verl calls get_torch_device().<fn> with torch.cuda's API; torch.cpu lacks these names."""
+    import torch
+
+    shims = {
+        "memory_allocated": lambda *a, **k: _rss_bytes(),
+        "memory_reserved": lambda *a, **k: _rss_bytes(),
+        "max_memory_allocated": lambda *a, **k: _peak_rss_bytes(),
+        "max_memory_reserved": lambda *a, **k: _peak_rss_bytes(),
+        "reset_peak_memory_stats": lambda *a, **k: None,
+        "mem_get_info": lambda *a, **k: _mem_get_info(),
+        "empty_cache": lambda: None,
+        "manual_seed": torch.manual_seed,
+        "manual_seed_all": torch.manual_seed,
+        "get_rng_state": lambda *a, **k: torch.get_rng_state(),
+        "set_rng_state": lambda state, *a, **k: torch.set_rng_state(state),
+        "get_device_name": lambda *a, **k: "cpu",
+    }
+    for name, fn in shims.items():
+        if not hasattr(torch.cpu, name):
+            setattr(torch.cpu, name, fn)
+
+
+def _shim_sharding_manager() -> None:
+    """D: verl 0.4.1's generate_sequences reads rollout_sharding_manager.timing, unset for the HF rollout."""
+    from verl.workers.sharding_manager.base import BaseShardingManager
+
+    if not hasattr(BaseShardingManager, "timing"):
+        BaseShardingManager.timing = {}
+
+
+def apply_compat_shims() -> None:
+    """On CPU and GPU: TRL >= 1.0 dropped AutoModelForCausalLMWithValueHead, which verl 0.4.1 imports whenever
+    trl is installed; tell verl trl is absent then (the critic loads as AutoModelForTokenClassification anyway)."""
+    import importlib
+
+    try:
+        import trl
+    except ImportError:
+        return
+    if hasattr(trl, "AutoModelForCausalLMWithValueHead"):
+        return
+    for name in ("verl.models.transformers.monkey_patch", "verl.utils.model"):
+        importlib.import_module(name).is_trl_available = lambda: False
+
+
+def apply_cpu_shims() -> bool:
+    """Install shims A-D when CUDA is absent; returns whether they were installed."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    _shim_torch_cpu()
+    _shim_distributed()
+    _shim_attention()
+    _shim_sharding_manager()
+    return True
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch RNGs of this process (HF rollout sampling, dataloader workers)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def worker_setup() -> None:
+    """Ray worker_process_setup_hook: CPU shims, seeding, and the metrics.jsonl sink for verl's Tracking."""
+    from tre.backend.rundir import RUN_DIR_ENV, install_tracking_hook
+
+    apply_compat_shims()
+    apply_cpu_shims()
+    if os.environ.get(SEED_ENV):
+        seed_everything(int(os.environ[SEED_ENV]))
+    if os.environ.get(RUN_DIR_ENV):
+        install_tracking_hook(os.environ[RUN_DIR_ENV])
+
+
+class RaySession:
+    """What `ray_session` yields: Ray's temp dir, and the signal that interrupted the run (None if none)."""
+
+    def __init__(self, temp_dir: str) -> None:
+        self.temp_dir = temp_dir
+        self.signum: Optional[int] = None
+
+
+@contextmanager
+def ray_session(*, env: dict[str, str], num_cpus: Optional[int] = None, num_gpus: Optional[int] = None) -> Iterator[RaySession]:
+    """Start a private Ray cluster with our setup hook; always shut it down (also on SIGINT/SIGTERM).
+
+    On a machine without CUDA, Ray is told there is one (logical) GPU: verl's resource pools hard-code use_gpu.
+    A signal raises KeyboardInterrupt in the driver; Ray may wrap it into another exception type on its way out of
+    ray.get, so callers check `session.signum` rather than the exception type.
+    """
+    import ray
+    import torch
+
+    if num_gpus is None:
+        num_gpus = torch.cuda.device_count() or 1
+    if num_cpus is None:
+        num_cpus = max(4, os.cpu_count() or 1)
+    # Ray's socket paths must stay short (< 108 bytes), so the temp dir lives directly under /tmp.
+    session = RaySession(tempfile.mkdtemp(prefix="tre_ray_", dir="/tmp"))
+    temp_dir = session.temp_dir
+
+    def on_signal(signum, frame):
+        if session.signum is None:
+            session.signum = signum
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    address = os.environ.get("RAY_ADDRESS")
+    try:
+        init_kwargs: dict[str, Any] = dict(
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env={"env_vars": env, "worker_process_setup_hook": "tre.backend.cpu.worker_setup"},
+        )
+        if address:  # an existing multi-node cluster (GPU clusters): join it
+            ray.init(address=address, **init_kwargs)
+        else:
+            # No idle pre-started workers: each would import torch+verl through the setup hook for nothing.
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir,
+                     _system_config={"enable_worker_prestart": False, "prestart_worker_first_driver": False}, **init_kwargs)
+        yield session
+    finally:
+        try:
+            # A second Ctrl-C during shutdown must not leave raylet/gcs behind.
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
+            if ray.is_initialized():
+                ray.shutdown()
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            if not address:
+                shutil.rmtree(temp_dir, ignore_errors=True)

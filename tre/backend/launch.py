@@ -1,0 +1,162 @@
+"""`train`: one PPO experiment through verl's main_ppo, writing the run directory (config, metrics, summary)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from tre.backend import rundir
+from tre.backend.profiles import RunSpec, SpecError, default_run_dir, overrides, split_override, validate
+
+EXIT_INTERRUPTED = {2: 130, 15: 143}  # SIGINT, SIGTERM -> the shell's 128 + signum
+
+
+def compose(items: list[str]):
+    """verl's ppo_trainer config with `items` applied (Hydra compose, no run); SpecError on a bad override."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import verl.trainer
+
+    config_dir = str(Path(verl.trainer.__file__).parent / "config")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base=None):
+            return hydra_compose(config_name="ppo_trainer", overrides=list(items))
+    except Exception as exc:  # Hydra raises several types; all mean "this override list is wrong"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"override: {first}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def resolve(config) -> dict[str, Any]:
+    """The composed config as plain, fully interpolated data; SpecError when an interpolation is broken."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(config, resolve=True)
+    except Exception as exc:
+        raise SpecError(f"override: {str(exc).splitlines()[0]}") from None
+
+
+def preflight(resolved: dict[str, Any], spec: RunSpec) -> None:
+    """Catch, before Ray starts, the mistakes that would otherwise surface as a worker traceback."""
+    for key in ("train_files", "val_files"):
+        path = resolved["data"][key]
+        if isinstance(path, str) and not os.path.exists(os.path.expanduser(path)):
+            raise SpecError(f"data.{key}: {path} does not exist (make it with `python -m evaluation.tasks prepare {spec.task} --out DIR`, "
+                            "then pass --data-dir DIR)")
+    model = resolved["actor_rollout_ref"]["model"]["path"]
+    if spec.size == "tiny" and not os.path.isdir(os.path.expanduser(model)):
+        raise SpecError(f"model_path: {model} is not a directory (size tiny needs a local model; build one with "
+                        "`python -m evaluation.tiny_model --out DIR`)")
+    reward = resolved["custom_reward_function"]["path"]
+    if reward and not os.path.exists(reward):
+        raise SpecError(f"custom_reward_function.path: {reward} does not exist (evaluation.tasks is missing the task's scorer)")
+    actor = resolved["actor_rollout_ref"]["actor"]
+    needs_logits = actor.get("tre_entropy") in ("tre_k", "tre_p") or actor["policy_loss"]["loss_mode"] == "forking_tokens"
+    if needs_logits and resolved["actor_rollout_ref"]["model"].get("use_fused_kernels"):
+        raise SpecError("actor_rollout_ref.model.use_fused_kernels: must be False for TRE and Forking-Tokens methods, got True")
+
+
+def resume_step(resolved: dict[str, Any]) -> int:
+    """The step this launch will resume from (0 = fresh), mirroring verl's resume_mode rules."""
+    trainer = resolved["trainer"]
+    mode = trainer.get("resume_mode", "auto")
+    if mode == "disable":
+        return 0
+    if mode == "resume_path" and trainer.get("resume_from_path"):
+        return int(str(trainer["resume_from_path"]).rstrip("/").split("global_step_")[-1])
+    return rundir.latest_checkpoint_step(trainer["default_local_dir"])
+
+
+def worker_env(run_dir: str, spec: RunSpec) -> dict[str, str]:
+    """Environment for the Ray workers: where metrics go, the seed, and the variables verl/HH rewards read."""
+    from tre.backend.cpu import SEED_ENV
+
+    env = {rundir.RUN_DIR_ENV: run_dir, SEED_ENV: str(spec.seed), "TOKENIZERS_PARALLELISM": "true",
+           "NCCL_DEBUG": "WARN", "VLLM_LOGGING_LEVEL": "WARN"}
+    if spec.wandb != "disabled":
+        env["WANDB_MODE"] = spec.wandb
+        env["WANDB_DIR"] = run_dir
+    for name in ("REWARD_SERVER_URL", "HF_HOME", "HF_HUB_OFFLINE", "PYTHONPATH"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
+def prepare(spec: RunSpec) -> tuple[list[str], Any, dict[str, Any], str]:
+    """Overrides, composed config, resolved dict and absolute run dir of `spec`; all user errors raised here."""
+    validate(spec)
+    items = overrides(spec)
+    config = compose(items)
+    resolved = resolve(config)
+    preflight(resolved, spec)
+    return items, config, resolved, os.path.abspath(default_run_dir(spec))
+
+
+def train(spec: RunSpec, *, log=print) -> int:
+    """Run one experiment; returns the process exit code (0 done, 130/143 interrupted). SpecError on bad input."""
+    from baselines import get_method
+
+    items, config, resolved, run_dir = prepare(spec)
+    summary_path = Path(run_dir) / rundir.SUMMARY
+    if summary_path.exists():
+        log(f"{run_dir}: already completed ({rundir.SUMMARY} exists); delete it to train again")
+        return 0
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    start = resume_step(resolved)
+    dropped = rundir.truncate_metrics(Path(run_dir) / rundir.METRICS, start if start else -1)  # fresh: nothing kept
+    if start:
+        log(f"resuming from checkpoint step {start} (dropped {dropped} metric lines past it)")
+    rundir.atomic_write_json(Path(run_dir) / rundir.CONFIG, rundir.config_record(spec, get_method(spec.method), items, resolved))
+
+    from tre.backend.cpu import ray_session
+
+    t0 = time.time()
+    session = None
+    try:
+        with ray_session(env=worker_env(run_dir, spec)) as session:
+            from verl.trainer.main_ppo import run_ppo
+
+            run_ppo(config)
+    except BaseException:
+        if session is None or session.signum is None:
+            raise
+    if session is not None and session.signum is not None:
+        name = "SIGINT" if session.signum == 2 else "SIGTERM"
+        log(f"interrupted ({name}); Ray shut down; rerun the same command to resume")
+        return EXIT_INTERRUPTED.get(session.signum, 130)
+    rows = rundir.read_metrics(Path(run_dir) / rundir.METRICS)
+    summary = {"task": spec.task, "size": spec.size, "method": spec.method, "seed": spec.seed,
+               **rundir.summarize(rows, task_val_metric(spec.task)), "wall_time_s": round(time.time() - t0, 3), "status": "completed"}
+    rundir.atomic_write_json(summary_path, summary)
+    log(f"done: {summary_path}")
+    return 0
+
+
+def task_val_metric(task: str) -> Optional[str]:
+    """The task's own validation metric name from evaluation.tasks (None if that package is unavailable)."""
+    try:
+        from evaluation.tasks import get_task
+
+        return getattr(get_task(task), "VAL_METRIC", None)
+    except (ImportError, ValueError):
+        return None
+
+
+def parse_extra(extra: list[str]) -> tuple[dict[str, Optional[str]], list[str]]:
+    """Split the pseudo-keys model_path=, data_dir=, run_dir= off a key=value list."""
+    pseudo: dict[str, Optional[str]] = {}
+    rest = []
+    for item in extra:
+        key, value = split_override(item)
+        if key in ("model_path", "data_dir", "run_dir") and not item.startswith("+"):
+            pseudo[key] = value
+        else:
+            rest.append(item)
+    return pseudo, rest

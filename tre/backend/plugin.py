@@ -1,0 +1,304 @@
+"""The verl 0.4.1 plug-in, imported in every worker through `actor_rollout_ref.model.external_lib=tre.backend.plugin`.
+
+What it changes, and only for an actor whose config asks for it (the reference policy is never touched):
+  * the entropy inside the policy-update loss becomes TRE-K / TRE-P (`tre.trust_region_entropy`); the logged
+    `actor/entropy` (old policy, `compute_log_prob`, no grad) stays verl's full-vocabulary entropy, as in the fork;
+  * Forking-Tokens gets the current micro-batch's per-token entropy even when `entropy_coeff == 0`;
+  * the baselines' policy losses are registered with verl's registry under their `baselines.POLICY_LOSSES` names;
+  * every update logs `actor/top1_prob_sum` and the trust-region diagnostics (`actor/tre_k_entropy`,
+    `actor/tre_p_entropy`, `actor/tre_p_size`, `actor/tail_mass_k`, `actor/tail_mass_p`) on response tokens,
+    plus `actor/loss_entropy` (the entropy term the loss used) and `actor/forking_token_frac`;
+  * `use_fused_kernels=True` is refused for TRE and Forking (fused kernels never expose the logits).
+
+Actor config keys (Hydra `+actor_rollout_ref.actor.<key>`): tre_entropy (none|full|tre_k|tre_p), entropy_top_k,
+entropy_top_p, entropy_max_candidates (256), tre_diagnostics (bool); Forking reads policy_loss.forking_top_ratio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from baselines import POLICY_LOSSES, agg_loss, forking_mask
+from baselines.common import cfg
+from baselines.methods import ENTROPY_KINDS
+from tre.kernel import trust_region_entropy
+
+DIAG_TOP_K = 2
+DIAG_TOP_P = 0.99
+DIAG_MAX_CANDIDATES = 256
+_DIAG_BLOCK_ELEMS = 1 << 25  # fp32 elements of scratch per diagnostics block (128 MiB)
+
+
+class PluginConfigError(ValueError):
+    """A bad TRE/forking setting in the actor config; one line naming the key and the allowed values."""
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """What the plug-in does for one actor, read from its config."""
+
+    entropy: str = "none"  # which entropy the update's bonus uses
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    max_candidates: int = DIAG_MAX_CANDIDATES
+    forking: bool = False  # the policy loss needs the current micro-batch's per-token entropy
+    diagnostics: bool = False
+
+    @property
+    def needs_logits(self) -> bool:
+        """True when the method cannot work from fused-kernel outputs."""
+        return self.entropy in ("tre_k", "tre_p") or self.forking
+
+    @property
+    def active(self) -> bool:
+        """True when the plug-in changes or observes this actor's update at all."""
+        return self.needs_logits or self.diagnostics or self.entropy == "full"
+
+
+def actor_spec(config: Any) -> ActorSpec:
+    """Read and check the plug-in's keys of a verl actor config (DictConfig or dict)."""
+    top_k = cfg(config, "entropy_top_k", None)
+    top_p = cfg(config, "entropy_top_p", None)
+    default_kind = "tre_k" if top_k is not None else ("tre_p" if top_p is not None else "none")
+    kind = cfg(config, "tre_entropy", default_kind)
+    if kind not in ENTROPY_KINDS:
+        raise PluginConfigError(f"actor.tre_entropy: must be one of {', '.join(ENTROPY_KINDS)}, got {kind!r}")
+    if kind == "tre_k" and (top_p is not None or isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise PluginConfigError(f"actor.entropy_top_k: tre_entropy=tre_k needs an integer K >= 1 and no entropy_top_p, got top_k={top_k!r}, top_p={top_p!r}")
+    if kind == "tre_p" and (top_k is not None or isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p < 1):
+        raise PluginConfigError(f"actor.entropy_top_p: tre_entropy=tre_p needs a number in (0, 1) and no entropy_top_k, got top_p={top_p!r}, top_k={top_k!r}")
+    if kind in ("none", "full") and (top_k is not None or top_p is not None):
+        raise PluginConfigError(f"actor.tre_entropy: entropy_top_k/entropy_top_p are set but tre_entropy={kind!r}; allowed with them: tre_k, tre_p")
+    max_cand = cfg(config, "entropy_max_candidates", DIAG_MAX_CANDIDATES)
+    if isinstance(max_cand, bool) or not isinstance(max_cand, int) or max_cand < 1:
+        raise PluginConfigError(f"actor.entropy_max_candidates: must be an integer >= 1, got {max_cand!r}")
+    loss_mode = cfg(config, "policy_loss.loss_mode", "vanilla")
+    forking = loss_mode == "forking_tokens"
+    if forking and cfg(config, "policy_loss.forking_scope", "micro_batch") != "micro_batch":
+        raise PluginConfigError(f"actor.policy_loss.forking_scope: must be micro_batch in the verl backend, got {cfg(config, 'policy_loss.forking_scope', None)!r}")
+    spec = ActorSpec(kind, top_k if kind == "tre_k" else None, float(top_p) if kind == "tre_p" else None, max_cand,
+                     forking, bool(cfg(config, "tre_diagnostics", False)))
+    if spec.needs_logits and cfg(config, "use_fused_kernels", False):
+        raise PluginConfigError(f"actor_rollout_ref.model.use_fused_kernels: must be False for tre_entropy={kind}"
+                                f"{' / loss_mode=forking_tokens' if forking else ''} (fused kernels never expose the logits), got True")
+    return spec
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure pieces: the loss entropy and the diagnostics.
+
+
+def loss_entropy(logits: torch.Tensor, spec: ActorSpec) -> torch.Tensor:
+    """Per-position entropy the update's loss uses for `spec` (TRE-K / TRE-P; full entropy otherwise)."""
+    if spec.entropy == "tre_k":
+        return trust_region_entropy(logits, top_k=spec.top_k)
+    if spec.entropy == "tre_p":
+        return trust_region_entropy(logits, top_p=spec.top_p, max_candidates=spec.max_candidates)
+    if spec.entropy == "full":
+        return trust_region_entropy(logits)
+    # Entropy only ranks tokens (Forking with coeff 0): no graph needed.
+    with torch.no_grad():
+        return trust_region_entropy(logits)
+
+
+DIAG_KEYS = ("actor/top1_prob_sum", "actor/tre_k_entropy", "actor/tre_p_entropy", "actor/tre_p_size",
+             "actor/tail_mass_k", "actor/tail_mass_p", "actor/update_full_entropy")
+
+
+@torch.no_grad()
+def _diag_sums(x: torch.Tensor) -> torch.Tensor:
+    """Per-metric sums over the rows of x (n, V), in DIAG_KEYS order."""
+    vocab = x.shape[-1]
+    lse = torch.logsumexp(x.float(), -1, keepdim=True)
+    m = min(DIAG_MAX_CANDIDATES, vocab)
+    probs = torch.exp(torch.topk(x, m, dim=-1, sorted=True).values.float() - lse)
+    keep = (torch.cumsum(probs, -1) - probs) < DIAG_TOP_P
+    keep[:, 0] = True
+    k = min(DIAG_TOP_K, vocab)
+    tre_k = trust_region_entropy(x, top_k=k) if k >= 2 else torch.zeros(x.shape[0], device=x.device)
+    return torch.stack([
+        probs[:, 0].sum(),
+        tre_k.sum(),
+        trust_region_entropy(x, top_p=DIAG_TOP_P, max_candidates=DIAG_MAX_CANDIDATES).sum(),
+        keep.sum(-1).float().sum(),
+        (1.0 - probs[:, :k].sum(-1)).clamp(min=0.0).sum(),
+        (1.0 - (probs * keep).sum(-1)).clamp(min=0.0).sum(),
+        trust_region_entropy(x).sum(),
+    ])
+
+
+@torch.no_grad()
+def diagnostics(logits: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Means over the positions where mask is set of the DIAG_KEYS statistics; logits (B, T, V) or (N, V)."""
+    if logits.dim() == 2:
+        logits, mask = logits.unsqueeze(0), mask.unsqueeze(0)
+    rows = max(1, _DIAG_BLOCK_ELEMS // logits.shape[-1])
+    total = torch.zeros(len(DIAG_KEYS), dtype=torch.float64, device=logits.device)
+    count = 0
+    for b in range(logits.shape[0]):
+        for s in range(0, logits.shape[1], rows):
+            keep = mask[b, s : s + rows].bool()
+            n = int(keep.sum())
+            if n:
+                total += _diag_sums(logits[b, s : s + rows][keep]).double()
+                count += n
+    if count == 0:
+        return {}
+    return dict(zip(DIAG_KEYS, (total / count).tolist()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# verl wiring: per-process state and the patches.
+
+
+class _State:
+    """What the current update micro-batch forward needs (one training thread per worker process)."""
+
+    def __init__(self) -> None:
+        self.spec: Optional[ActorSpec] = None  # set only inside a patched actor's grad-enabled forward
+        self.diag_mask: Optional[torch.Tensor] = None  # which logit rows are response tokens
+        self.token_entropy: Optional[torch.Tensor] = None  # (bsz, resp) of the last update forward, for Forking
+        self.metrics: dict[str, list[float]] = {}
+
+    def record(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.metrics.setdefault(key, []).append(float(value))
+
+
+STATE = _State()
+_PATCHED = False
+
+
+def _entropy_dispatch(logits: torch.Tensor) -> torch.Tensor:
+    """Stands in for verl's entropy_from_logits: the method's loss entropy inside an update, verl's own elsewhere."""
+    spec = STATE.spec
+    if spec is None or not torch.is_grad_enabled():
+        return _ORIG["entropy_from_logits"](logits)
+    return loss_entropy(logits, spec)
+
+
+def _bound_entropy(spec: ActorSpec, verl_fn):
+    """The actor's entropy function: the method's loss entropy with grad (update), verl's own without (old policy)."""
+
+    def entropy(logits: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return (verl_fn or _ORIG["entropy_from_logits"])(logits)
+        return loss_entropy(logits, spec)
+
+    return entropy
+
+
+def _rmpad_response_rows(attention_mask: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Bool over the unpadded (total_nnz) rows: True where the logit row predicts a response token."""
+    bsz, seqlen = attention_mask.shape
+    resp = response_mask.shape[1]
+    sel = torch.zeros(bsz, seqlen, dtype=torch.bool, device=attention_mask.device)
+    sel[:, seqlen - resp - 1 : seqlen - 1] = response_mask.bool()
+    indices = torch.nonzero(attention_mask.flatten(), as_tuple=True)[0]
+    return sel.flatten()[indices]
+
+
+def _logprobs_hook(logits, labels, *args, **kwargs):
+    """Wraps dp_actor.logprobs_from_logits: sees every update forward's logits, logs the diagnostics first."""
+    spec, mask = STATE.spec, STATE.diag_mask
+    if spec is not None and spec.diagnostics and mask is not None and torch.is_grad_enabled():
+        if mask.shape == logits.shape[:-1]:
+            STATE.record(diagnostics(logits.detach(), mask))
+    return _ORIG["logprobs_from_logits"](logits, labels, *args, **kwargs)
+
+
+def _install() -> None:
+    """Patch verl's DataParallelPPOActor and register the policy losses (idempotent)."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    from tre.backend.cpu import apply_compat_shims
+
+    apply_compat_shims()
+    import verl.utils.torch_functional as verl_F
+    import verl.workers.actor.dp_actor as dp_actor
+    from verl.trainer.ppo import core_algos
+
+    _ORIG["entropy_from_logits"] = verl_F.entropy_from_logits
+    _ORIG["logprobs_from_logits"] = dp_actor.logprobs_from_logits
+    verl_F.entropy_from_logits = _entropy_dispatch
+    dp_actor.logprobs_from_logits = _logprobs_hook
+    cls = dp_actor.DataParallelPPOActor
+    orig_init, orig_forward, orig_update = cls.__init__, cls._forward_micro_batch, cls.update_policy
+
+    def __init__(self, config, *args, **kwargs):
+        orig_init(self, config, *args, **kwargs)
+        self._tre_spec = actor_spec(config)
+        if self._tre_spec.diagnostics and self.use_fused_kernels:
+            print("tre.backend.plugin: use_fused_kernels=True hides the logits; trust-region diagnostics are off")
+            self._tre_spec = dataclasses.replace(self._tre_spec, diagnostics=False)
+        if self._tre_spec.needs_logits or self._tre_spec.entropy == "full":
+            # The remove-padding path calls this attribute (this also skips torch.compile). It is bound to the spec
+            # rather than to STATE so that entropy_checkpointing's recomputation in backward gets the same function.
+            self.compute_entropy_from_logits = _bound_entropy(self._tre_spec, getattr(self, "compute_entropy_from_logits", None))
+
+    def _forward_micro_batch(self, micro_batch, temperature, calculate_entropy=False):
+        spec: ActorSpec = getattr(self, "_tre_spec", ActorSpec())
+        if not spec.active or not torch.is_grad_enabled():
+            return orig_forward(self, micro_batch, temperature, calculate_entropy=calculate_entropy)
+        response_mask = micro_batch["attention_mask"][:, -micro_batch["responses"].shape[1]:]
+        if "loss_mask" in micro_batch:
+            response_mask = micro_batch["loss_mask"][:, -micro_batch["responses"].shape[1]:]
+        if self.use_ulysses_sp:
+            diag_mask = None  # logits are sliced across ranks; diagnostics would see a fraction of the rows
+        elif self.use_remove_padding:
+            diag_mask = _rmpad_response_rows(micro_batch["attention_mask"], response_mask)
+        else:
+            diag_mask = response_mask
+        STATE.spec, STATE.diag_mask = spec, diag_mask
+        try:
+            entropy, log_probs = orig_forward(self, micro_batch, temperature, calculate_entropy=calculate_entropy or spec.forking)
+        finally:
+            STATE.spec, STATE.diag_mask = None, None
+        if spec.forking:
+            STATE.token_entropy = entropy.detach()
+        if calculate_entropy:
+            loss_agg_mode = self.config.get("loss_agg_mode", "token-mean")
+            STATE.record({"actor/loss_entropy": agg_loss(entropy.detach().float(), response_mask, loss_agg_mode).item()})
+            return entropy, log_probs
+        return None, log_probs
+
+    def update_policy(self, data):
+        STATE.metrics, STATE.token_entropy = {}, None
+        metrics = orig_update(self, data)
+        for key, values in STATE.metrics.items():
+            metrics.setdefault(key, []).extend(values)
+        STATE.metrics, STATE.token_entropy = {}, None
+        return metrics
+
+    cls.__init__, cls._forward_micro_batch, cls.update_policy = __init__, _forward_micro_batch, update_policy
+
+    for name, fn in POLICY_LOSSES.items():
+        if name == "forking_tokens":
+            core_algos.register_policy_loss(name)(_forking_from_state)
+        elif name not in core_algos.POLICY_LOSS_REGISTRY:
+            # verl's own kl_cov / clip_cov stay verl's (the reference implementation of those names).
+            core_algos.register_policy_loss(name)(fn)
+    _PATCHED = True
+
+
+def _forking_from_state(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None):
+    """verl-signature Forking-Tokens loss fed with the entropy stashed by the current micro-batch's forward."""
+    entropy = STATE.token_entropy
+    if entropy is None or entropy.shape != response_mask.shape:
+        raise RuntimeError("forking_tokens: no per-token entropy from the current micro-batch forward; "
+                           "is tre.backend.plugin loaded as actor_rollout_ref.model.external_lib?")
+    ratio = float(cfg(config, "policy_loss.forking_top_ratio", 0.2))
+    mask = forking_mask(entropy, response_mask, ratio)
+    valid = float(response_mask.sum())
+    STATE.record({"actor/forking_token_frac": float((mask * response_mask).sum()) / valid if valid else math.nan})
+    return POLICY_LOSSES["forking_tokens"](old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, entropy_top_mask=mask)
+
+
+_ORIG: dict[str, Any] = {}
+_install()

@@ -1,0 +1,224 @@
+"""The run directory contract: config.json, metrics.jsonl (fed from verl's Tracking), summary.json.
+
+runs/<task>/<size>/<method>/seed<k>/{config.json, metrics.jsonl, summary.json, checkpoints/}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+from dataclasses import fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+RUN_DIR_ENV = "TRE_RUN_DIR"  # set for the Ray workers: where the TaskRunner's Tracking also writes metrics.jsonl
+CONFIG, METRICS, SUMMARY, CHECKPOINTS = "config.json", "metrics.jsonl", "summary.json", "checkpoints"
+VAL_PREFIX, VAL_SUFFIX = "val-core/", "/reward/mean@1"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write obj as JSON to path via a temporary file + rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; run files are read by other jobs and users
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _scalar(value: Any) -> Optional[float] | bool:
+    """A metric value as a JSON number (None where not finite); False when it is not a scalar at all."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    return False
+
+
+def metric_row(data: Mapping[str, Any], step: int) -> dict[str, Any]:
+    """{"step": step, name: float...} keeping only scalar metrics (verl also logs tables and strings)."""
+    row: dict[str, Any] = {"step": int(step)}
+    for key, value in data.items():
+        v = _scalar(value)
+        if v is not False:
+            row[key] = v
+    return row
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All complete rows of a metrics.jsonl (a torn last line from a kill is ignored)."""
+    rows = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl: one flushed line per step; a step already on disk is never written again."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.steps = {int(r["step"]) for r in read_metrics(self.path) if "step" in r}
+
+    def log(self, data: Mapping[str, Any], step: int) -> bool:
+        """Append one row; returns False (and writes nothing) when `step` already has a line."""
+        if int(step) in self.steps:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metric_row(data, step)) + "\n")
+            f.flush()
+        self.steps.add(int(step))
+        return True
+
+
+def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
+    """Keep only rows with step <= last_step (the checkpoint a restart resumes from); returns rows dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    rows = read_metrics(path)
+    kept = [r for r in rows if int(r.get("step", -1)) <= last_step]
+    seen, unique = set(), []
+    for r in kept:  # also heal a file that somehow holds a step twice: first line wins
+        if r["step"] not in seen:
+            seen.add(r["step"])
+            unique.append(r)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in unique)
+    os.chmod(tmp, _FILE_MODE)
+    os.replace(tmp, path)
+    return len(rows) - len(unique)
+
+
+def latest_checkpoint_step(checkpoint_dir: str | os.PathLike) -> int:
+    """The step verl's resume_mode=auto restarts from (its latest_checkpointed_iteration.txt), 0 if none."""
+    marker = Path(checkpoint_dir) / "latest_checkpointed_iteration.txt"
+    try:
+        step = int(marker.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return 0
+    return step if (Path(checkpoint_dir) / f"global_step_{step}").is_dir() else 0
+
+
+def install_tracking_hook(run_dir: str | os.PathLike) -> None:
+    """Make every verl Tracking.log call (TaskRunner process) also append to <run_dir>/metrics.jsonl."""
+    from verl.utils.tracking import Tracking
+
+    if getattr(Tracking.log, "_tre_hooked", False):
+        return
+    orig_log = Tracking.log
+    sink = MetricsLog(Path(run_dir) / METRICS)
+
+    def log(self, data, step, backend=None):
+        sink.log(data, step)
+        return orig_log(self, data=data, step=step, backend=backend)
+
+    log._tre_hooked = True
+    Tracking.log = log
+
+
+def val_metric_name(rows: Iterable[Mapping[str, Any]], preferred: Optional[str] = None) -> Optional[str]:
+    """The validation score key: `preferred` if logged, else the one val-core/<source>/reward/mean@1 key."""
+    names = sorted({k for r in rows for k in r if k.startswith(VAL_PREFIX) and k.endswith(VAL_SUFFIX)})
+    if preferred and preferred in names:
+        return preferred
+    return names[0] if names else None
+
+
+def summarize(rows: list[Mapping[str, Any]], preferred_metric: Optional[str] = None) -> dict[str, Any]:
+    """final/best validation score, best step and trained steps of a run's metric rows."""
+    name = val_metric_name(rows, preferred_metric)
+    vals = [(int(r["step"]), r[name]) for r in rows if name and r.get(name) is not None]
+    train_steps = [int(r["step"]) for r in rows if "training/global_step" in r]
+    best = max(vals, key=lambda sv: (sv[1], -sv[0])) if vals else None
+    return {
+        "val_metric": name,
+        "final_val_score": max(vals)[1] if vals else None,
+        "best_val_score": best[1] if best else None,
+        "best_step": best[0] if best else None,
+        "steps": max(train_steps) if train_steps else 0,
+    }
+
+
+def git_commit(path: str | os.PathLike) -> Optional[str]:
+    """HEAD commit of the repository holding `path` (with '-dirty' when the tree has changes), or None."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, Optional[str]]:
+    """Versions of the packages that decide a run's numbers."""
+    from importlib import metadata
+
+    out = {}
+    for name in ("torch", "verl", "transformers", "ray", "vllm"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_string() -> str:
+    """'cpu' or 'cuda:<device name>'."""
+    import torch
+
+    return f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"
+
+
+def method_record(method) -> dict[str, Any]:
+    """The dataclass fields of a baselines.Method as plain JSON values."""
+    return {f.name: (dict(getattr(method, f.name)) if f.name == "loss_params" else getattr(method, f.name)) for f in fields(method)}
+
+
+def config_record(spec, method, overrides: list[str], resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The config.json object of a run."""
+    return {
+        "task": spec.task,
+        "size": spec.size,
+        "method": spec.method,
+        "seed": spec.seed,
+        "profile": spec.profile,
+        "method_spec": method_record(method),
+        "overrides": list(overrides),
+        "resolved": resolved,
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "packages": package_versions(),
+        "device": device_string(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
