@@ -8,17 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-
-def _int_at_least(lo: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {value}")
-        return value
-    return parse
+from evaluation.argtypes import int_at_least
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,13 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="sample a checkpoint (T=1.0, top-p 0.7) and score it: pass@k, mean@n, lm-eval",
                        description="Writes RUN_DIR/eval/<step>/samples.jsonl and scores.json.")
     e.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="runs/<task>/<size>/<method>/seed<k>")
-    e.add_argument("--step", type=_int_at_least(0), default=None, help="checkpoint step (default: the last; 0 = the initial model)")
-    e.add_argument("--n", type=_int_at_least(1), default=1, help="samples per prompt (1 = Pass@1; k > 1 adds pass@k and mean@k)")
+    e.add_argument("--step", type=int_at_least(0), default=None, help="checkpoint step (default: the last; 0 = the initial model)")
+    e.add_argument("--n", type=int_at_least(1), default=1, help="samples per prompt (1 = Pass@1; k > 1 adds pass@k and mean@k)")
     e.add_argument("--split", choices=("test", "train"), default="test", help="which data file of the run (default: test)")
     e.add_argument("--data", type=Path, default=None, help="a verl parquet to evaluate instead of the run's split")
-    e.add_argument("--limit", type=_int_at_least(1), default=None, help="only the first LIMIT prompts")
-    e.add_argument("--max-new-tokens", type=_int_at_least(1), default=None, help="default: the run's max_response_length")
-    e.add_argument("--batch-size", type=_int_at_least(1), default=8)
+    e.add_argument("--limit", type=int_at_least(1), default=None, help="only the first LIMIT prompts")
+    e.add_argument("--max-new-tokens", type=int_at_least(1), default=None, help="default: the run's max_response_length")
+    e.add_argument("--batch-size", type=int_at_least(1), default=8)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
     e.add_argument("--lm-eval", dest="lm_eval", action=argparse.BooleanOptionalAction, default=None,

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from evaluation.argtypes import int_at_least
+
 Kind = Literal["policy", "reward", "both"]
 KINDS: tuple[str, ...] = ("policy", "reward", "both")
 
@@ -289,17 +291,6 @@ def _vocab_arg(text: str) -> int | None:
     return value
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: build a tiny model directory."""
     parser = argparse.ArgumentParser(prog="python -m evaluation.tiny_model", description=__doc__.splitlines()[0])
@@ -308,10 +299,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"BPE ranks to keep, {MIN_VOCAB}..{FULL_VOCAB}, or 'full' (default {DEFAULT_VOCAB})")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
     parser.add_argument("--kind", choices=KINDS, default="policy", help="policy (causal LM), reward (1-logit head) or both")
-    parser.add_argument("--hidden-size", type=_positive_int, default=64)
-    parser.add_argument("--layers", type=_positive_int, default=2)
-    parser.add_argument("--heads", type=_positive_int, default=4)
-    parser.add_argument("--kv-heads", type=_positive_int, default=2)
+    parser.add_argument("--hidden-size", type=int_at_least(1), default=64)
+    parser.add_argument("--layers", type=int_at_least(1), default=2)
+    parser.add_argument("--heads", type=int_at_least(1), default=4)
+    parser.add_argument("--kv-heads", type=int_at_least(1), default=2)
     args = parser.parse_args(argv)
     if args.hidden_size % args.heads or args.heads % args.kv_heads:
         parser.error(f"--hidden-size ({args.hidden_size}) must be divisible by --heads ({args.heads}), "

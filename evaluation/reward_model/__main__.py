@@ -7,38 +7,7 @@ import json
 import os
 import sys
 
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    """argparse type: a TCP port 1..65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number between 1 and 65535, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    """argparse type: a float strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (exclusive), got {text!r}")
-    return value
+from evaluation.argtypes import int_at_least, open_fraction, port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,12 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(e.g. trl-lib/ultrafeedback_binarized)")
     tr.add_argument("--out", required=True, help="output directory (model, tokenizer, eval.json)")
     tr.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="hyper-parameters (default tiny)")
-    tr.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimiser steps")
+    tr.add_argument("--max-steps", type=int_at_least(1), default=None, help="stop after N optimiser steps")
     tr.add_argument("--split", default="train", help="hub split to train on (default train)")
     tr.add_argument("--eval-data", default=None, help="held-out preference data; default: hold out --eval-fraction of --data")
     tr.add_argument("--eval-split", default="test", help="hub split of --eval-data (default test)")
-    tr.add_argument("--eval-fraction", type=_fraction, default=0.1, help="fraction of --data held out (default 0.1)")
-    tr.add_argument("--limit", type=_positive_int, default=None, help="use only the first N records of --data")
+    tr.add_argument("--eval-fraction", type=open_fraction, default=0.1, help="fraction of --data held out (default 0.1)")
+    tr.add_argument("--limit", type=int_at_least(1), default=None, help="use only the first N records of --data")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--report-to", choices=["none", "wandb", "tensorboard"], default="none")
 
@@ -72,17 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
                                     "GET /health.")
     sv.add_argument("--model", required=True, help="reward model directory (from `train`)")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1, loopback only)")
-    sv.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    sv.add_argument("--max-batch", type=_positive_int, default=DEFAULT_MAX_BATCH,
+    sv.add_argument("--port", type=port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    sv.add_argument("--max-batch", type=int_at_least(1), default=DEFAULT_MAX_BATCH,
                     help=f"pairs per forward pass (default {DEFAULT_MAX_BATCH})")
-    sv.add_argument("--max-request", type=_positive_int, default=DEFAULT_MAX_REQUEST,
+    sv.add_argument("--max-request", type=int_at_least(1), default=DEFAULT_MAX_REQUEST,
                     help=f"most pairs accepted in one request (default {DEFAULT_MAX_REQUEST})")
-    sv.add_argument("--max-body-mb", type=_positive_int, default=DEFAULT_MAX_BODY_MB,
+    sv.add_argument("--max-body-mb", type=int_at_least(1), default=DEFAULT_MAX_BODY_MB,
                     help=f"largest request body in MiB (default {DEFAULT_MAX_BODY_MB})")
     sv.add_argument("--device", default="auto", help="auto (one replica per visible GPU, else CPU), cuda, cpu or cuda:N")
     sv.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                     help="weights dtype (default bfloat16 on GPU, float32 on CPU)")
-    sv.add_argument("--cpu-threads", type=_positive_int, default=1,
+    sv.add_argument("--cpu-threads", type=int_at_least(1), default=1,
                     help="torch threads of a CPU replica (default 1: it shares the cores with the training run)")
     sv.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info")
     return parser

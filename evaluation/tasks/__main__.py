@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from evaluation.argtypes import int_at_least
 from evaluation.tasks import FIXTURES_DIR, TASKS, get_task
 from evaluation.tasks.common import DataUnavailable
 
@@ -27,17 +28,6 @@ offline fixtures (synthetic, in {FIXTURES_DIR}):
 """
 
 
-def _non_negative(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m evaluation.tasks` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m evaluation.tasks", description="Prepare task data for verl.")
@@ -51,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("task", choices=list(TASKS), metavar="TASK", help=f"one of {', '.join(TASKS)}")
     prepare.add_argument("--out", required=True, metavar="DIR", help="output directory")
     prepare.add_argument("--source", metavar="PATH|HUB_ID", help="local file/directory or hub dataset id")
-    prepare.add_argument("--train-size", type=_non_negative, default=7500, metavar="N", help="train rows (7500)")
-    prepare.add_argument("--test-size", type=_non_negative, default=5000, metavar="N", help="test rows (5000)")
+    prepare.add_argument("--train-size", type=int_at_least(0), default=7500, metavar="N", help="train rows (7500)")
+    prepare.add_argument("--test-size", type=int_at_least(0), default=5000, metavar="N", help="test rows (5000)")
     prepare.add_argument("--seed", type=int, metavar="S",
                          help="hh: shuffle seed (42); countdown --generate: generator seed (0); unused by math")
     prepare.add_argument("--generate", action="store_true", help="countdown only: use our seeded generator")

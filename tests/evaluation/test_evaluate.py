@@ -81,7 +81,7 @@ def test_bad_inputs_are_one_clear_line(run_dir, tmp_path, capsys):
         (run_dir / "config.json").write_text(json.dumps({**cfg, "task": "countdown"}))
         evaluate(run_dir, lm_eval=True, limit=1, scorer=lambda *a: [0.0])
     for argv, msg in [([str(tmp_path)], f"RUN_DIR: {tmp_path} is not a run directory (no config.json)"),
-                      ([str(run_dir), "--n", "0"], "argument --n: must be an integer >= 1, got 0"),
+                      ([str(run_dir), "--n", "0"], "argument --n: must be an integer >= 1, got '0'"),
                       ([str(run_dir), "--data", str(tmp_path / "x.parquet")], f"data: no such file '{tmp_path / 'x.parquet'}'")]:
         with pytest.raises(SystemExit) as e:
             main(["evaluate", *argv])

@@ -235,7 +235,7 @@ def test_cli_serve_bad_args_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--model", str(tmp_path), "--max-batch", "0"])
     assert exc.value.code == 2
-    assert "--max-batch: must be a positive integer, got '0'" in capsys.readouterr().err
+    assert "--max-batch: must be an integer >= 1, got '0'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--model", str(tmp_path), "--device", "tpu"])
     assert exc.value.code == 2
