@@ -221,14 +221,7 @@ def paper_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
         (f"{r}.gpu_memory_utilization", "0.6"),
         (f"{r}.enable_chunked_prefill", "False"),
         (f"{r}.n", "8"),
-        (f"{r}.temperature", "1.0"),
-        (f"{r}.top_p", "1.0"),
-        (f"{r}.top_k", "-1"),
-        (f"{r}.val_kwargs.temperature", "1.0"),
-        (f"{r}.val_kwargs.top_p", "0.7"),
-        (f"{r}.val_kwargs.top_k", "-1"),
-        (f"{r}.val_kwargs.do_sample", "True"),
-        (f"{r}.val_kwargs.n", "1"),
+        *_sampling(r),
         ("actor_rollout_ref.ref.fsdp_config.param_offload", "True"),
         (f"{c}.optim.lr", "1e-05"),
         (f"{c}.optim.lr_warmup_steps_ratio", "0.05"),
@@ -242,6 +235,20 @@ def paper_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
         ("trainer.save_freq", str(row.save_freq)),
         ("trainer.test_freq", str(row.test_freq)),
         ("trainer.total_epochs", str(row.total_epochs)),
+    ]
+
+
+def _sampling(r: str) -> list[tuple[str, str]]:
+    """The authors' sampling: rollout at T = 1.0 over the full vocabulary; validation one sample at T = 1.0, top-p 0.7."""
+    return [
+        (f"{r}.temperature", "1.0"),
+        (f"{r}.top_p", "1.0"),
+        (f"{r}.top_k", "-1"),
+        (f"{r}.val_kwargs.temperature", "1.0"),
+        (f"{r}.val_kwargs.top_p", "0.7"),
+        (f"{r}.val_kwargs.top_k", "-1"),
+        (f"{r}.val_kwargs.do_sample", "True"),
+        (f"{r}.val_kwargs.n", "1"),
     ]
 
 
@@ -270,14 +277,7 @@ def tiny_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
         (f"{r}.tensor_model_parallel_size", "1"),
         (f"{r}.log_prob_micro_batch_size_per_gpu", "4"),
         (f"{r}.n", "2"),
-        (f"{r}.temperature", "1.0"),
-        (f"{r}.top_p", "1.0"),
-        (f"{r}.top_k", "-1"),
-        (f"{r}.val_kwargs.temperature", "1.0"),
-        (f"{r}.val_kwargs.top_p", "0.7"),
-        (f"{r}.val_kwargs.top_k", "-1"),
-        (f"{r}.val_kwargs.do_sample", "True"),
-        (f"{r}.val_kwargs.n", "1"),
+        *_sampling(r),
         ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", "4"),
         (f"{c}.strategy", "fsdp2"),
         (f"{c}.optim.lr", "1e-05"),
