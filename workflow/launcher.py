@@ -138,8 +138,16 @@ def slurm_answers() -> bool:
     return proc.returncode == 0 and " is UP" in proc.stdout
 
 
-def executor_parameters(res: Resources, cluster: str, name: str) -> dict[str, Any]:
-    """submitit update_parameters() keywords for these resources on this executor."""
+def executor_parameters(res: Resources, cluster: str, name: str, *, checkpointable: bool = False) -> dict[str, Any]:
+    """submitit update_parameters() keywords for these resources on this executor.
+
+    Only checkpointable steps ask for USR2 `signal_delay_s` before the limit; Slurm sends it from a periodic
+    check, so it can come up to a check period early, and a step that cannot checkpoint gains nothing from an
+    early signal but could be killed by one arriving before its handler is installed (USR2@0: at the end only).
+    """
+    if checkpointable and cluster == "slurm" and res.signal_delay_s >= res.timeout_min * 60:
+        raise LaunchError(f"resources.signal_delay_s: must be shorter than the time limit "
+                          f"({res.timeout_min * 60} s), got {res.signal_delay_s}")
     params: dict[str, Any] = {
         "name": name,
         "timeout_min": res.timeout_min,
@@ -148,7 +156,7 @@ def executor_parameters(res: Resources, cluster: str, name: str) -> dict[str, An
         "tasks_per_node": res.tasks_per_node,
     }
     if cluster == "slurm":
-        params.update(nodes=res.nodes, mem_gb=res.mem_gb, slurm_signal_delay_s=res.signal_delay_s)
+        params.update(nodes=res.nodes, mem_gb=res.mem_gb, slurm_signal_delay_s=res.signal_delay_s if checkpointable else 0)
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(res, key) is not None:
                 params[f"slurm_{key}"] = getattr(res, key)
@@ -649,7 +657,7 @@ def launch(spec: StepSpec) -> dict[str, Any]:
     """Submit (or re-attach to) the step, wait for it, record the outcome; raise LaunchError if it failed."""
     cluster = resolve_cluster(spec.cluster)
     spec.log_dir.mkdir(parents=True, exist_ok=True)
-    params = executor_parameters(spec.resources, cluster, spec.name)
+    params = executor_parameters(spec.resources, cluster, spec.name, checkpointable=spec.checkpointable)
     num_tasks = spec.resources.nodes * spec.resources.tasks_per_node
     job = attach(spec, cluster) if cluster != "debug" else None
     record = {"name": spec.name, "cluster": cluster, "fingerprint": spec.fingerprint(), "argv": spec.argv,

@@ -41,10 +41,15 @@ def test_cluster_is_slurm_only_where_srun_exists(monkeypatch):
 def test_executor_parameters_per_cluster():
     r = L.Resources(timeout_min=30, cpus_per_task=4, mem_gb=8, gpus_per_node=8, nodes=2, partition="gpu",
                     account="proj", signal_delay_s=300, additional={"exclusive": True})
-    assert L.executor_parameters(r, "slurm", "train") == {
+    assert L.executor_parameters(r, "slurm", "train", checkpointable=True) == {
         "name": "train", "timeout_min": 30, "cpus_per_task": 4, "gpus_per_node": 8, "tasks_per_node": 1,
         "nodes": 2, "mem_gb": 8.0, "slurm_signal_delay_s": 300, "slurm_partition": "gpu", "slurm_account": "proj",
         "slurm_additional_parameters": {"exclusive": True}}
+    # a step that cannot checkpoint gets no early USR2 (one at job start would kill it before its handler exists)
+    assert L.executor_parameters(r, "slurm", "eval")["slurm_signal_delay_s"] == 0
+    too_late = L.Resources(timeout_min=2, signal_delay_s=120)
+    with pytest.raises(L.LaunchError, match=r"^resources\.signal_delay_s: must be shorter than the time limit \(120 s\), got 120$"):
+        L.executor_parameters(too_late, "slurm", "train", checkpointable=True)
     single = L.Resources(timeout_min=30, cpus_per_task=4)
     assert L.executor_parameters(single, "local", "eval") == {
         "name": "eval", "timeout_min": 30, "cpus_per_task": 4, "gpus_per_node": 0, "tasks_per_node": 1}
