@@ -177,7 +177,8 @@ def setup_style() -> None:
 
     plt.style.use(["seaborn-v0_8-whitegrid", "seaborn-v0_8-paper"])
     plt.rcParams.update({"axes.prop_cycle": matplotlib.cycler(color=COLORBLIND), "font.size": 10,
-                         "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8})
+                         "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8,
+                         "axes.formatter.useoffset": False})  # offsets ("1e-5+9.5e-1") collide with titles
 
 
 # As in the paper's Figure 1: global entropy in red, TRE in greens; the other baselines in distinct hues.

@@ -34,8 +34,8 @@ def draw(metrics: "pd.DataFrame") -> "Figure":
     # the rendering time, and hidden inner tick labels keep one rebuild under 5 s.
     fig, axes = plt.subplots(len(cells), len(PANELS), figsize=(3.2 * len(PANELS), 0.6 + 2.3 * len(cells)),
                              squeeze=False)
-    fig.subplots_adjust(left=0.07, right=0.99, top=1 - 0.45 / (0.6 + 2.3 * len(cells)), bottom=0.9 / (0.6 + 2.3 * len(cells)),
-                        wspace=0.28, hspace=0.12)
+    fig.subplots_adjust(left=0.075, right=0.99, top=1 - 0.45 / (0.6 + 2.3 * len(cells)), bottom=0.9 / (0.6 + 2.3 * len(cells)),
+                        wspace=0.42, hspace=0.12)
     for r, (row, (task, size)) in enumerate(zip(axes, cells)):
         cell = metrics[(metrics["task"] == task) & (metrics["size"] == size)]
         for c, (ax, (title, names, ylabel)) in enumerate(zip(row, PANELS)):
