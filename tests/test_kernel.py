@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tre import trust_region_entropy as tre
+from tre import trust_region_stats
 
 
 def reference(logits: torch.Tensor, top_k=None, top_p=None, max_candidates=256) -> torch.Tensor:
@@ -217,3 +218,21 @@ def test_bad_arguments_raise_one_line_value_error(kw, field):
 def test_integer_logits_are_rejected():
     with pytest.raises(ValueError, match=r"^logits: must be a floating-point tensor, got torch.int64$"):
         tre(torch.zeros(2, 10, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+@pytest.mark.parametrize("top_k", [1, 2, 5])
+def test_trust_region_stats_agree_with_the_entropy_and_float64(top_k):
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(9, 700, generator=g) * (torch.rand(9, 1, generator=g) * 6)
+    s = trust_region_stats(logits, top_k=top_k, top_p=0.9, max_candidates=64)
+    torch.testing.assert_close(s["tre_k_entropy"], tre(logits, top_k=top_k), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s["tre_p_entropy"], tre(logits, top_p=0.9, max_candidates=64), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s["full_entropy"], tre(logits), rtol=1e-6, atol=1e-6)
+    p = torch.softmax(logits.double(), -1).sort(-1, descending=True).values
+    keep = (p[:, :64].cumsum(-1) - p[:, :64]) < 0.9
+    keep[:, 0] = True
+    torch.testing.assert_close(s["top1_prob"].double(), p[:, 0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(s["tre_p_size"].double(), keep.sum(-1).double())
+    torch.testing.assert_close(s["tail_mass_k"].double(), 1 - p[:, :top_k].sum(-1), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(s["tail_mass_p"].double(), 1 - (p[:, :64] * keep).sum(-1), rtol=1e-4, atol=1e-6)

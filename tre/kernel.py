@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["trust_region_entropy", "DEFAULT_MAX_CANDIDATES"]
+__all__ = ["trust_region_entropy", "trust_region_stats", "DEFAULT_MAX_CANDIDATES"]
 
 DEFAULT_MAX_CANDIDATES = 256  # the authors' hard-coded cap on the TRE-P candidate list
 # Elements of fp32 scratch allowed per block when a mode must touch the whole vocabulary (logsumexp for
@@ -187,3 +187,37 @@ def trust_region_entropy(
         return logits.float().sum(-1)  # empty: keeps shape, dtype and the autograd graph
     chunk = n if chunk_size is None else min(chunk_size, n)
     return _TRE.apply(flat, top_k, None if top_p is None else float(top_p), max_candidates, chunk).reshape(lead)
+
+
+@torch.no_grad()
+def trust_region_stats(
+    logits: torch.Tensor, *, top_k: int = 2, top_p: float = 0.99, max_candidates: int = DEFAULT_MAX_CANDIDATES
+) -> dict[str, torch.Tensor]:
+    """Per-row trust-region statistics of logits (N, V) from one top-k and one logsumexp pass (no grad).
+
+    Keys: top1_prob, tre_k_entropy and tre_p_entropy (equal to trust_region_entropy's), tre_p_size (nucleus
+    size), tail_mass_k / tail_mass_p (probability outside the top-K / the nucleus), full_entropy.
+    """
+    for k, p in ((top_k, None), (None, top_p)):  # the same one-line errors as trust_region_entropy
+        _validate(logits, k, p, max_candidates, None)
+    vocab = logits.shape[-1]
+    log_v = math.log(vocab)
+    m_p = min(max_candidates, vocab)
+    z = torch.topk(logits, max(m_p, top_k), dim=-1, sorted=True).values.float()
+    lse = _blockwise(logits, lambda r: torch.logsumexp(r, -1))
+    probs = torch.exp(z - lse.unsqueeze(-1))
+    keep = (torch.cumsum(probs[:, :m_p], -1) - probs[:, :m_p]) < top_p
+    keep[:, 0] = True
+    count = keep.sum(-1)
+    h_p = _restricted_entropy(z[:, :m_p], keep)[0]
+    h_p = torch.where(count >= 2, h_p * log_v / torch.log(count.clamp(min=2).float()), torch.zeros_like(h_p))
+    h_k = _restricted_entropy(z[:, :top_k])[0] * (log_v / math.log(top_k)) if top_k >= 2 else lse - z[:, 0]
+    return {
+        "top1_prob": probs[:, 0],
+        "tre_k_entropy": h_k,
+        "tre_p_entropy": h_p,
+        "tre_p_size": count.float(),
+        "tail_mass_k": (1.0 - probs[:, :top_k].sum(-1)).clamp(min=0.0),
+        "tail_mass_p": (1.0 - (probs[:, :m_p] * keep).sum(-1)).clamp(min=0.0),
+        "full_entropy": _blockwise(logits, _full_entropy_rows),
+    }

@@ -26,7 +26,7 @@ import torch
 from baselines import POLICY_LOSSES, agg_loss, forking_mask
 from baselines.common import cfg
 from baselines.methods import ENTROPY_KINDS
-from tre.kernel import trust_region_entropy
+from tre.kernel import trust_region_entropy, trust_region_stats
 
 DIAG_TOP_K = 2
 DIAG_TOP_P = 0.99
@@ -106,30 +106,16 @@ def loss_entropy(logits: torch.Tensor, spec: ActorSpec) -> torch.Tensor:
         return trust_region_entropy(logits)
 
 
-DIAG_KEYS = ("actor/top1_prob_sum", "actor/tre_k_entropy", "actor/tre_p_entropy", "actor/tre_p_size",
-             "actor/tail_mass_k", "actor/tail_mass_p", "actor/update_full_entropy")
+# metric name -> tre.trust_region_stats key
+DIAG_KEYS = {"actor/top1_prob_sum": "top1_prob", "actor/tre_k_entropy": "tre_k_entropy", "actor/tre_p_entropy": "tre_p_entropy",
+             "actor/tre_p_size": "tre_p_size", "actor/tail_mass_k": "tail_mass_k", "actor/tail_mass_p": "tail_mass_p",
+             "actor/update_full_entropy": "full_entropy"}
 
 
-@torch.no_grad()
 def _diag_sums(x: torch.Tensor) -> torch.Tensor:
     """Per-metric sums over the rows of x (n, V), in DIAG_KEYS order."""
-    vocab = x.shape[-1]
-    lse = torch.logsumexp(x.float(), -1, keepdim=True)
-    m = min(DIAG_MAX_CANDIDATES, vocab)
-    probs = torch.exp(torch.topk(x, m, dim=-1, sorted=True).values.float() - lse)
-    keep = (torch.cumsum(probs, -1) - probs) < DIAG_TOP_P
-    keep[:, 0] = True
-    k = min(DIAG_TOP_K, vocab)
-    tre_k = trust_region_entropy(x, top_k=k) if k >= 2 else torch.zeros(x.shape[0], device=x.device)
-    return torch.stack([
-        probs[:, 0].sum(),
-        tre_k.sum(),
-        trust_region_entropy(x, top_p=DIAG_TOP_P, max_candidates=DIAG_MAX_CANDIDATES).sum(),
-        keep.sum(-1).float().sum(),
-        (1.0 - probs[:, :k].sum(-1)).clamp(min=0.0).sum(),
-        (1.0 - (probs * keep).sum(-1)).clamp(min=0.0).sum(),
-        trust_region_entropy(x).sum(),
-    ])
+    stats = trust_region_stats(x, top_k=min(DIAG_TOP_K, x.shape[-1]), top_p=DIAG_TOP_P, max_candidates=DIAG_MAX_CANDIDATES)
+    return torch.stack([stats[key].sum() for key in DIAG_KEYS.values()])
 
 
 @torch.no_grad()
