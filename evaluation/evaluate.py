@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
+
+from evaluation.files import atomic_write_text
 
 # Validation sampling of the authors (seed-spec §7): T = 1.0, top-p 0.7, no top-k (verl's -1 = HF's 0).
 TEMPERATURE = 1.0
@@ -220,14 +220,6 @@ def run_lm_eval(model_dir: str, docs_path: Path, max_gen_toks: int, *, device: s
 # ------------------------------------------------------------------------------------------------ the whole evaluation
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def score_samples(examples: Sequence[Example], responses: Sequence[Sequence[str]], scorer: Scorer) -> list[list[float]]:
     """Scores of every response, scored in one batch (so the HH reward server sees one request stream)."""
     flat = [(e, r) for e, rs in zip(examples, responses) for r in rs]
@@ -261,7 +253,7 @@ def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: st
     responses = generate(model_dir, examples, n, int(max_new_tokens), seed=seed, batch_size=batch_size, device=device)
     scores = score_samples(examples, responses, scorer or default_scorer(task))
     out_dir = run_dir / "eval" / str(step)
-    _atomic_write(out_dir / "samples.jsonl", "".join(
+    atomic_write_text(out_dir / "samples.jsonl", "".join(
         json.dumps({"index": i, "sample": j, "prompt": e.messages, "response": r, "score": s, "ground_truth": e.ground_truth},
                    ensure_ascii=False, default=str) + "\n"
         for i, (e, rs, ss) in enumerate(zip(examples, responses, scores)) for j, (r, s) in enumerate(zip(rs, ss))))
@@ -276,8 +268,8 @@ def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: st
         if task != "math":
             raise EvalError(f"--lm-eval: the lm-eval cross-check is for task math, got {task!r}")
         docs = out_dir / "lm_eval_docs.jsonl"
-        _atomic_write(docs, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in lm_eval_docs(examples)))
+        atomic_write_text(docs, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in lm_eval_docs(examples)))
         result["lm_eval"] = run_lm_eval(model_dir, docs, int(max_new_tokens), device=device, batch_size=batch_size)
     result["wall_time_s"] = round(time.perf_counter() - t0, 3)
-    _atomic_write(out_dir / "scores.json", json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "scores.json", json.dumps(result, indent=2, default=str) + "\n")
     return result

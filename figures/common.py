@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+
+from evaluation.files import atomic_write_bytes, atomic_write_text  # noqa: F401  (the figures' writers)
 
 if TYPE_CHECKING:  # pandas/matplotlib are imported lazily so `python -m figures list` stays instant
     import pandas as pd
@@ -125,8 +125,6 @@ def read_table(results: Path, name: str, required: Sequence[str] = ()) -> "pd.Da
 
 def read_metrics(results: Path, metrics: Optional[Sequence[str]] = None) -> "pd.DataFrame":
     """The tidy metrics table (only the given metric names): metrics.parquet when collected, else metrics.csv."""
-    import pandas as pd
-
     parquet = Path(results) / METRICS_PARQUET
     if parquet.is_file():
         import pyarrow.parquet as pq
@@ -221,26 +219,6 @@ def plot_band(ax, stats: "pd.DataFrame", label: str, color) -> None:
     # Five ticks a side: tick labels and grid lines are most of a multi-panel figure's drawing time.
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file + rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of atomic_write_bytes (UTF-8, '\\n' newlines)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_figure(fig: "Figure", out_dir: Path, name: str) -> list[Path]:

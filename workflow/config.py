@@ -5,13 +5,14 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import yaml
+
+from evaluation.files import atomic_write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 GRIDS = ("tiny", "paper")
@@ -56,10 +57,7 @@ def method_table(cache_dir: Optional[Path] = None) -> dict[str, dict[str, Any]]:
 
     table = {name: _jsonable({f.name: getattr(m, f.name) for f in dataclasses.fields(m)}) for name, m in METHODS.items()}
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(tmp, cache)
+        atomic_write_text(cache, json.dumps(table, indent=1, sort_keys=True))
     except OSError:
         pass  # a read-only checkout still works, only slower
     return table

@@ -35,6 +35,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import submitit
 
+from evaluation.files import atomic_write_text
+
 CLUSTERS = ("auto", "slurm", "local", "debug")
 ENV_CLUSTER = "TRE_LAUNCHER_CLUSTER"
 # Slurm states in which a recorded job is still worth waiting for (re-attach instead of resubmitting).
@@ -298,7 +300,7 @@ def rendezvous(folder: Path, rank: int, world: int, tag: str, timeout_s: float =
             srv.bind(("0.0.0.0", 0))
             srv.listen(world)
             srv.settimeout(timeout_s)
-            _atomic_write(addr_file, json.dumps({"ip": me["ip"], "port": srv.getsockname()[1]}))
+            atomic_write_text(addr_file, json.dumps({"ip": me["ip"], "port": srv.getsockname()[1]}))
             conns = []
             while len(peers) < world:
                 conn, _ = srv.accept()
@@ -335,12 +337,6 @@ def _my_ip() -> str:
     except OSError:
         return "127.0.0.1"
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _ray_cli() -> list[str]:
@@ -428,7 +424,7 @@ class Command:
                           "restarts": _restart_count(), "rank": rank}
         finally:
             if rank == 0:
-                _atomic_write(done, "done\n")
+                atomic_write_text(done, "done\n")
             for proc in reversed(ray_procs):  # only the Ray processes this task started, never `ray stop`
                 terminate_group(proc, grace_s=20)
         result["peers"] = peers
@@ -442,7 +438,7 @@ class Command:
         runs in its own process group, which is what gets stopped at the end."""
         restart = _restart_count()
         if rank == 0:
-            _atomic_write(folder / f"ray-{restart}.json",
+            atomic_write_text(folder / f"ray-{restart}.json",
                           json.dumps({"port": free_port(), "token": secrets.token_hex(32)}))
         info_path = folder / f"ray-{restart}.json"
         while not info_path.exists():
@@ -592,7 +588,7 @@ def read_record(log_dir: Path) -> Optional[dict[str, Any]]:
 
 def write_record(log_dir: Path, record: Mapping[str, Any]) -> None:
     """Write job.json atomically."""
-    _atomic_write(log_dir / "job.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(log_dir / "job.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -798,7 +794,7 @@ def supersede_if_changed(run_dir: Path, stamp: Path, spec_json: str) -> Optional
         moved = base.with_name(f"{base.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
         moved.parent.mkdir(parents=True, exist_ok=True)
         os.replace(run_dir, moved)
-    _atomic_write(stamp, json.dumps(new, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(stamp, json.dumps(new, indent=2, sort_keys=True) + "\n")
     return moved
 
 
@@ -876,7 +872,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         term_grace_s=args.term_grace_s)
         record = launch(spec)
         if args.record:
-            _atomic_write(args.record, json.dumps(record, indent=2, sort_keys=True) + "\n")
+            atomic_write_text(args.record, json.dumps(record, indent=2, sort_keys=True) + "\n")
         return 0
     except LaunchError as e:
         print(f"launcher: {e}", file=sys.stderr)

@@ -9,41 +9,16 @@ import json
 import math
 import os
 import subprocess
-import tempfile
 from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
+from evaluation.files import atomic_write_json, atomic_write_text  # noqa: F401  (atomic_write_json: the run files' writer)
+
 RUN_DIR_ENV = "TRE_RUN_DIR"  # set for the Ray workers: where the TaskRunner's Tracking also writes metrics.jsonl
 CONFIG, METRICS, SUMMARY, CHECKPOINTS = "config.json", "metrics.jsonl", "summary.json", "checkpoints"
 VAL_PREFIX, VAL_SUFFIX = "val-core/", "/reward/mean@1"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write obj as JSON to path via a temporary file + rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; run files are read by other jobs and users
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _scalar(value: Any) -> Optional[float] | bool:
@@ -113,11 +88,7 @@ def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
         if r["step"] not in seen:
             seen.add(r["step"])
             unique.append(r)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in unique)
-    os.chmod(tmp, _FILE_MODE)
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in unique))
     return len(rows) - len(unique)
 
 
