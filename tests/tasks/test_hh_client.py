@@ -1,4 +1,4 @@
-"""HH reward client against a stub FastAPI scorer served by uvicorn on a free loopback port."""
+"""HH reward client against a minimal FastAPI scorer (len(prompt) + 2 len(response)) served by uvicorn on loopback."""
 
 import socket
 import threading
@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from evaluation.tasks import compute_score, hh
 
 
-def stub_app(calls: list) -> FastAPI:
+def length_scorer_app(calls: list) -> FastAPI:
     """A scorer whose reward is len(prompt) + 2 * len(response); extra routes misbehave on purpose."""
     app = FastAPI()
     flaky_failures = {"left": 2}
@@ -61,15 +61,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server():
-    """(base URL, call log) of the stub scorer running in a background thread."""
+    """(base URL, call log) of the length scorer running in a background thread."""
     calls: list = []
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(stub_app(calls), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(length_scorer_app(calls), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not srv.started:
-        assert time.monotonic() < deadline, "stub server did not start"
+        assert time.monotonic() < deadline, "scorer server did not start"
         time.sleep(0.02)
     yield f"http://127.0.0.1:{port}", calls
     srv.should_exit = True
