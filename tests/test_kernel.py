@@ -1,6 +1,7 @@
 """tre.trust_region_entropy: known values, float64 parity (value + gradient), chunking, numerics, errors."""
 
 import math
+import zlib
 
 import pytest
 import torch
@@ -105,7 +106,7 @@ CASES = [{}, {"top_k": 1}, {"top_k": 2}, {"top_k": 5}, {"top_p": 0.5}, {"top_p":
 @pytest.mark.parametrize("kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "full")
 @pytest.mark.parametrize("shape", [(7, 300), (2, 3, 1000)])
 def test_value_and_gradient_match_float64_reference(kw, shape):
-    g = torch.Generator().manual_seed(hash((str(kw), shape)) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(repr((kw, shape)).encode()))  # not hash(): randomised per process
     # a spread of peaked and flat positions, so nuclei range from 1 to > 100 tokens
     scale = torch.rand(shape[:-1] + (1,), generator=g) * 6
     logits = (torch.randn(shape, generator=g) * scale).requires_grad_(True)
@@ -117,7 +118,8 @@ def test_value_and_gradient_match_float64_reference(kw, shape):
     (ref * weights.double()).sum().backward()
     assert out.shape == shape[:-1] and out.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(logits.grad.double(), ref_in.grad, rtol=1e-4, atol=1e-6)
+    # fp32 rounding of q (ln q + H), amplified where the two terms cancel: worst 8.8e-6 over 840 draws
+    torch.testing.assert_close(logits.grad.double(), ref_in.grad, rtol=1e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
