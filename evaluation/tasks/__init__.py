@@ -28,6 +28,18 @@ def get_task(name: str) -> ModuleType:
         raise ValueError(f"task: must be one of {', '.join(TASKS)}, got {name!r}") from None
 
 
+def task_for_source(data_source: str) -> ModuleType:
+    """The task module whose rows carry this data_source (the authors' routing order)."""
+    if "countdown" in data_source:
+        return countdown
+    if "hh" in data_source.lower():
+        return hh
+    if data_source in MATH_DATA_SOURCES:
+        return math_lighteval
+    allowed = ", ".join(["countdown", "hh", *MATH_DATA_SOURCES])
+    raise ValueError(f"data_source: must be one of {allowed}, got {data_source!r}")
+
+
 def compute_score(
     data_source: str,
     solution_str: str,
@@ -38,11 +50,7 @@ def compute_score(
 ) -> float:
     """verl `custom_reward_function`: the task reward, routed by data_source in the authors' order."""
     del extra_info
-    if "countdown" in data_source:
-        return countdown.score(solution_str, ground_truth)
-    if "hh" in data_source.lower():
-        return hh.score(solution_str, ground_truth)
-    if data_source in MATH_DATA_SOURCES:
+    task = task_for_source(data_source)
+    if task is math_lighteval:
         return math_lighteval.score(solution_str, ground_truth, scorer=math_scorer)
-    allowed = ", ".join(["countdown", "hh", *MATH_DATA_SOURCES])
-    raise ValueError(f"data_source: must be one of {allowed}, got {data_source!r}")
+    return task.score(solution_str, ground_truth)

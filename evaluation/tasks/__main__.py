@@ -10,6 +10,8 @@ from evaluation.argtypes import int_at_least
 from evaluation.tasks import FIXTURES_DIR, TASKS, get_task
 from evaluation.tasks.common import DataUnavailable
 
+GENERATED = ("countdown", "math")  # tasks with a seeded offline generator (prepare(generated=True))
+
 EPILOG = f"""\
 sources:
   without --source the task's Hugging Face hub dataset is loaded (needs hub access):
@@ -19,7 +21,9 @@ sources:
   --source PATH reads a local .jsonl/.json/.parquet file in the hub schema and takes the first N rows for train
   and the next M for test (hh: after the seed-42 shuffle); for math a directory with train.* and test.* keeps its
   own splits. --source ID loads another hub dataset with the same schema.
-  countdown --generate makes tasks with our seeded generator instead (offline, every task solvable).
+  --generate makes tasks with our seeded generators instead (offline): countdown every task solvable
+  (3-4 numbers in 1..99, targets 10..100); math one-operation arithmetic on 0..12 in the MATH schema (the
+  tiny CPU miniature: a problem a tiny policy learns in a minute, scored by the same MATH scorer).
 
 offline fixtures (synthetic, in {FIXTURES_DIR}):
   math.jsonl          30 problems     e.g. --train-size 20 --test-size 10
@@ -44,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--train-size", type=int_at_least(0), default=7500, metavar="N", help="train rows (7500)")
     prepare.add_argument("--test-size", type=int_at_least(0), default=5000, metavar="N", help="test rows (5000)")
     prepare.add_argument("--seed", type=int, metavar="S",
-                         help="hh: shuffle seed (42); countdown --generate: generator seed (0); unused by math")
-    prepare.add_argument("--generate", action="store_true", help="countdown only: use our seeded generator")
+                         help="hh: shuffle seed (42); --generate: generator seed (0); unused by the hub's math and countdown")
+    prepare.add_argument("--generate", action="store_true", help="countdown and math: use our seeded generator")
     return parser
 
 
@@ -53,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line and return 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.generate and args.task != "countdown":
-        parser.error(f"--generate: only for task countdown, got {args.task!r}")
+    if args.generate and args.task not in GENERATED:
+        parser.error(f"--generate: only for tasks {', '.join(GENERATED)}, got {args.task!r}")
     if args.generate and args.source is not None:
         parser.error("--generate: give either --source or --generate, not both")
     task = get_task(args.task)
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = task.prepare(args.out, **kwargs)
     except DataUnavailable as exc:
-        offline = "--generate, or --source " if args.task == "countdown" else "--source "
+        offline = "--generate, or --source " if args.task in GENERATED else "--source "
         print(f"error: {exc} (offline: {offline}{task.FIXTURE} with small sizes, see --help)", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as exc:

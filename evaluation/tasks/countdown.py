@@ -157,6 +157,15 @@ def generate(
     return tasks
 
 
+def demonstration(row: dict[str, Any]) -> str:
+    """The solver's answer to a prepared row in the authors' format (the warm start's target response)."""
+    numbers, target = _ground_truth(row["reward_model"]["ground_truth"])
+    expression = solve(numbers, int(target))
+    if expression is None:
+        raise ValueError(f"ground_truth: no expression over {numbers} reaches {int(target)}")
+    return f"<think>{expression} = {int(target)}</think> <answer>{expression}</answer>"
+
+
 # ---------------------------------------------------------------- reward
 
 

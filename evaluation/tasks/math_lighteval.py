@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import subprocess
 import sys
@@ -304,7 +305,7 @@ def make_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
         "prompt": common.chat_prompt(make_prompt(record["problem"])),
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": answer},
-        "extra_info": {"split": split, "index": index},
+        "extra_info": {"split": split, "index": index, "solution": record["solution"]},
         "level": str(record.get("level", "")),
         "type": str(record.get("type", "")),
     }
@@ -324,6 +325,38 @@ def load_splits(source: str | None) -> tuple[list[dict], list[dict] | None]:
     return common.read_records(path), None
 
 
+# The arithmetic miniature: MATH-schema problems a tiny policy can learn in a minute (the tiny CPU grid).
+ARITHMETIC_OPS = {"+": ("+", lambda a, b: a + b), "-": ("-", lambda a, b: a - b), "*": ("\\times", lambda a, b: a * b)}
+
+
+def generate(n: int, *, seed: int, max_operand: int = 12) -> list[dict[str, Any]]:
+    """n arithmetic problems in the MATH schema ('What is $7 \\times 5$?'), i.i.d. given the seed.
+
+    One operation on two integers in [0, max_operand], non-negative results; the solution is one worked line
+    ending in \\boxed{}, so it doubles as the warm start's demonstration.
+    """
+    if n < 0:
+        raise ValueError(f"n: must be >= 0, got {n}")
+    if max_operand < 1:
+        raise ValueError(f"max_operand: must be >= 1, got {max_operand}")
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n):
+        op = rng.choice(sorted(ARITHMETIC_OPS))
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+        if op == "-" and a < b:
+            a, b = b, a
+        symbol, fn = ARITHMETIC_OPS[op]
+        records.append({"problem": f"What is ${a} {symbol} {b}$?", "level": "Level 1", "type": "Arithmetic",
+                        "solution": f"${a} {symbol} {b} = \\boxed{{{fn(a, b)}}}$."})
+    return records
+
+
+def demonstration(row: dict[str, Any]) -> str:
+    """The worked solution of a prepared row (the warm start's target response)."""
+    return row["extra_info"]["solution"]
+
+
 def prepare(
     out_dir: str | Path,
     *,
@@ -331,10 +364,19 @@ def prepare(
     train_size: int = 7500,
     test_size: int = 5000,
     seed: int = 0,
+    generated: bool = False,
 ) -> dict:
-    """Write MATH train/test parquet files; the hub's train/test splits, or a local file split in order."""
-    del seed  # the authors take the splits in their published order
-    train_records, test_records = load_splits(source)
+    """Write MATH train/test parquet files: the hub's splits, a local file split in order, or generated arithmetic."""
+    if generated and source is not None:
+        raise ValueError("source: give either a source or generated=True (--generate), not both")
+    if generated:
+        records = generate(train_size + test_size, seed=seed)
+        train_records, test_records = records[:train_size], records[train_size:]
+        origin = f"arithmetic generator(seed={seed})"
+    else:
+        # the authors take the splits in their published order (no seed)
+        train_records, test_records = load_splits(source)
+        origin = source or HUB_ID
     if test_records is None:
         train = common.take(train_records, 0, train_size, what="train-size")
         test = common.take(train_records, train_size, test_size, what="test-size")
@@ -344,4 +386,4 @@ def prepare(
     result = common.write_dataset(
         out_dir, common.build_rows(train, make_row, "train"), common.build_rows(test, make_row, "test")
     )
-    return {"task": NAME, "source": source or HUB_ID, **result}
+    return {"task": NAME, "source": origin, **result}

@@ -51,11 +51,12 @@ def test_prepare_math_fixture(tmp_path):
                                                "the final answer within \\boxed{}."}],
         "ability": "math",
         "reward_model": {"style": "rule", "ground_truth": "5"},
-        "extra_info": {"split": "train", "index": 0},
+        "extra_info": {"split": "train", "index": 0, "solution": "Subtracting 7 from both sides gives $3x = 15$, and "
+                                                               "dividing by 3 gives $x = \\boxed{5}$."},
         "level": "Level 1",
         "type": "Algebra",
     }
-    assert test[0]["extra_info"] == {"split": "test", "index": 0}
+    assert test[0]["extra_info"]["split"] == "test" and test[0]["extra_info"]["index"] == 0
     assert test[-1]["reward_model"]["ground_truth"] == "\\left(2, -3\\right)"  # the last box of the solution
     answers = [row["reward_model"]["ground_truth"] for row in train + test]
     # Every fixture answer is graded correct against itself and wrong against its neighbour, by both scorers.
@@ -98,6 +99,41 @@ def test_prepare_countdown_generated_and_fixture(tmp_path):
     assert test[0]["reward_model"]["ground_truth"] == {"target": fixture[48]["target"], "numbers": fixture[48]["nums"]}
     with pytest.raises(ValueError, match="^source: give either a source or generated=True"):
         countdown.prepare(tmp_path, source="x.jsonl", generated=True)
+
+
+def test_math_arithmetic_generator_golden_and_self_consistent(tmp_path):
+    records = math_lighteval.generate(200, seed=0)
+    assert records == math_lighteval.generate(200, seed=0) and records != math_lighteval.generate(200, seed=1)
+    assert records[0] == {"problem": "What is $12 + 6$?", "level": "Level 1", "type": "Arithmetic",
+                          "solution": "$12 + 6 = \\boxed{18}$."}
+    assert {r["problem"].split()[3] for r in records} == {"+", "-", "\\times"}
+    for record in records:
+        a, op, b = record["problem"][len("What is $"):-len("$?")].split()
+        value = {"+": int(a) + int(b), "-": int(a) - int(b), "\\times": int(a) * int(b)}[op]
+        assert 0 <= int(a) <= 12 and 0 <= int(b) <= 12 and value >= 0
+        assert math_lighteval.extract_boxed_answer(record["solution"]) == str(value)
+    result = math_lighteval.prepare(tmp_path, generated=True, train_size=30, test_size=10, seed=3)
+    assert result["source"] == "arithmetic generator(seed=3)"
+    rows = read(tmp_path / "train.parquet") + read(tmp_path / "test.parquet")
+    assert [r["extra_info"]["solution"] for r in rows] == [r["solution"] for r in math_lighteval.generate(40, seed=3)]
+    for row in rows:  # the demonstration is what the warm start teaches, and it earns full reward
+        demo = math_lighteval.demonstration(row)
+        assert tasks.compute_score(row["data_source"], demo, row["reward_model"]["ground_truth"]) == 1.0
+    with pytest.raises(ValueError, match="source: give either"):
+        math_lighteval.prepare(tmp_path, source="x.jsonl", generated=True)
+    with pytest.raises(ValueError, match="max_operand: must be >= 1"):
+        math_lighteval.generate(3, seed=0, max_operand=0)
+
+
+def test_countdown_demonstration_is_a_full_reward_answer_in_the_authors_format(tmp_path):
+    countdown.prepare(tmp_path, generated=True, train_size=20, test_size=1, seed=0)
+    for row in read(tmp_path / "train.parquet"):
+        demo = countdown.demonstration(row)
+        assert demo.startswith("<think>") and "</think> <answer>" in demo and demo.endswith("</answer>")
+        assert tasks.compute_score(row["data_source"], demo, row["reward_model"]["ground_truth"]) == 1.0
+    row = {"reward_model": {"ground_truth": {"target": 1000, "numbers": [1, 2]}}}
+    with pytest.raises(ValueError, match="no expression over \\[1, 2\\] reaches 1000"):
+        countdown.demonstration(row)
 
 
 def test_prepare_hh_shuffles_like_datasets(tmp_path):
@@ -152,7 +188,7 @@ def test_cli_prepare_and_user_errors(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--generate" in err and str(countdown.FIXTURE) in err
 
-    for argv in (["prepare", "nope", "--out", "x"], ["prepare", "math", "--out", "x", "--generate"],
+    for argv in (["prepare", "nope", "--out", "x"], ["prepare", "hh", "--out", "x", "--generate"],
                  ["prepare", "math", "--out", "x", "--train-size", "-3"]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
@@ -202,7 +238,8 @@ def test_parquet_round_trips_through_verl_rlhf_dataset(tmp_path):
 
     math_item = RLHFDataset(str(tmp_path / "math" / "test.parquet"), tokenizer, config)[0]
     assert math_item["reward_model"] == {"style": "rule", "ground_truth": "65^\\circ"}
-    assert math_item["extra_info"] == {"split": "test", "index": 0}
+    assert {k: math_item["extra_info"][k] for k in ("split", "index")} == {"split": "test", "index": 0}
+    assert math_item["extra_info"]["solution"].endswith("\\boxed{65^\\circ}$.")
 
 
 def test_verl_loads_compute_score_by_file_path():

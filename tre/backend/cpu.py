@@ -1,5 +1,7 @@
 """Run verl 0.4.1 without a GPU: four runtime shims installed in every Ray worker, and the Ray launcher.
 
+Two compatibility shims run everywhere (apply_compat_shims): verl 0.4.1 predates TRL 1.x and transformers 4.56+.
+
 The shims (notes/verl-cpu.md §2) only run when CUDA is absent; nothing in verl's files is changed:
   A. gloo instead of NCCL (verl builds "cpu:gloo,cpu:<nccl>" for init_process_group);
   B. sdpa instead of the hard-coded flash_attention_2;
@@ -147,9 +149,9 @@ def _shim_sharding_manager() -> None:
         BaseShardingManager.timing = {}
 
 
-def apply_compat_shims() -> None:
-    """On CPU and GPU: TRL >= 1.0 dropped AutoModelForCausalLMWithValueHead, which verl 0.4.1 imports whenever
-    trl is installed; tell verl trl is absent then (the critic loads as AutoModelForTokenClassification anyway)."""
+def _shim_trl() -> None:
+    """TRL >= 1.0 dropped AutoModelForCausalLMWithValueHead, which verl 0.4.1 imports whenever trl is installed;
+    tell verl trl is absent then (the critic loads as AutoModelForTokenClassification anyway)."""
     import importlib
 
     try:
@@ -160,6 +162,47 @@ def apply_compat_shims() -> None:
         return
     for name in ("verl.models.transformers.monkey_patch", "verl.utils.model"):
         importlib.import_module(name).is_trl_available = lambda: False
+
+
+def _generate_without_position_ids(generate):
+    """module.generate minus the prompt's position_ids (transformers derives them from the attention mask)."""
+
+    @functools.wraps(generate)
+    def wrapper(*args, position_ids=None, **kwargs):
+        return generate(*args, **kwargs)
+
+    return wrapper
+
+
+def _shim_hf_rollout_positions() -> None:
+    """verl 0.4.1's HF rollout passes the prompt's position_ids to generate(); transformers >= 4.56 keeps them as
+    given and slices their last column for every decoding step, so every response token gets the position of
+    the last prompt token (the rotary phase never advances and the policy cannot copy from its prompt). Without
+    them transformers computes the same prompt positions from the left-padded attention mask and advances them.
+    verl still uses the batch's position_ids to build the response positions for training, which stay right."""
+    from verl.workers.rollout.hf_rollout import HFRollout
+
+    original = HFRollout._generate_minibatch
+    if getattr(original, "_tre_shim", False):
+        return
+
+    @functools.wraps(original)
+    def generate_minibatch(self, prompts):
+        module = self.module
+        module.generate = _generate_without_position_ids(module.generate)  # an instance attribute shadows the method
+        try:
+            return original(self, prompts)
+        finally:
+            del module.generate
+
+    generate_minibatch._tre_shim = True
+    HFRollout._generate_minibatch = generate_minibatch
+
+
+def apply_compat_shims() -> None:
+    """On CPU and GPU: the version mismatches of verl 0.4.1 with the pinned TRL and transformers."""
+    _shim_trl()
+    _shim_hf_rollout_positions()
 
 
 def apply_cpu_shims() -> bool:
