@@ -357,6 +357,7 @@ class Command:
     ray_cmd: list[str] = dataclasses.field(default_factory=lambda: _ray_cli())
     term_grace_s: float = 60.0
     reward_ready_timeout_s: float = 900.0
+    cpu_threads: Optional[int] = None  # OMP_NUM_THREADS for the command unless the environment sets it
 
     def __post_init__(self) -> None:
         self._proc: Optional[subprocess.Popen] = None
@@ -384,6 +385,8 @@ class Command:
             # submitit's local executor sets it empty for 0 GPUs; Ray then refuses the placeholder GPU that verl's
             # CPU path asks for. Without GPUs there is nothing to hide, so leave it unset.
             del run_env["CUDA_VISIBLE_DEVICES"]
+        if self.cpu_threads and "OMP_NUM_THREADS" not in run_env:
+            run_env["OMP_NUM_THREADS"] = str(self.cpu_threads)
         try:
             if self.reward_model:
                 host = "127.0.0.1" if env["num_tasks"] == 1 else _my_ip()
@@ -570,8 +573,12 @@ class StepSpec:
     def command(self) -> Command:
         """The callable the job runs."""
         cls = CheckpointableCommand if self.checkpointable else Command
+        # A CPU-only step's torch threads are capped at its CPUs: otherwise each of its processes (Ray driver,
+        # TaskRunner, workers) sizes its pool to the whole machine, and two steps side by side on 2 cores took
+        # twice as long (measured: a pair of 20-step tiny PPO runs 173 s vs 88 s). GPU steps keep Ray's defaults.
+        threads = self.resources.cpus_per_task if not self.resources.gpus_per_node else None
         return cls(argv=list(self.argv), cwd=self.cwd or os.getcwd(), env=dict(self.env),
-                   reward_model=self.reward_model, ray=self.ray, term_grace_s=self.term_grace_s)
+                   reward_model=self.reward_model, ray=self.ray, term_grace_s=self.term_grace_s, cpu_threads=threads)
 
 
 def _now() -> str:

@@ -76,6 +76,19 @@ def test_run_success_records_the_job(tmp_path, cluster):
         assert (tmp_path / f"logs/t/a/{rec['job_id']}/{rec['job_id']}_0_log.out").exists()
 
 
+def test_cpu_step_threads_follow_its_cpus_unless_the_user_set_them(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cmd = ["--", "bash", "-c", "echo ${OMP_NUM_THREADS:-unset} > threads.txt"]
+    for resources, user, expected in (('{"cpus_per_task": 3}', None, "3"), ('{"cpus_per_task": 3}', "5", "5")):
+        proc = subprocess.run([PY, "-m", "workflow.launcher", "run", "--name", "t", "--log-dir", f"logs/{expected}",
+                               "--cluster", "local", "--resources", resources, *cmd], cwd=tmp_path, text=True,
+                              capture_output=True, timeout=120, env={**env, **({"OMP_NUM_THREADS": user} if user else {})})
+        assert proc.returncode == 0, proc.stderr
+        assert (tmp_path / "threads.txt").read_text() == f"{expected}\n"
+    gpu = L.StepSpec(name="g", log_dir=tmp_path, argv=["true"], resources=L.Resources(gpus_per_node=1))
+    assert gpu.command().cpu_threads is None  # GPU steps keep Ray's own per-worker defaults
+
+
 @pytest.mark.parametrize("cluster", ["debug", "local"])
 def test_run_failure_is_one_line_with_the_log_path(tmp_path, cluster):
     proc = _cli("run", "--name", "t", "--log-dir", "logs/t", "--cluster", cluster, "--",
