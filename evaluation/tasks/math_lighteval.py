@@ -329,27 +329,38 @@ def load_splits(source: str | None) -> tuple[list[dict], list[dict] | None]:
 ARITHMETIC_OPS = {"+": ("+", lambda a, b: a + b), "-": ("-", lambda a, b: a - b), "*": ("\\times", lambda a, b: a * b)}
 
 
-def generate(n: int, *, seed: int, max_operand: int = 12) -> list[dict[str, Any]]:
-    """n arithmetic problems in the MATH schema ('What is $7 \\times 5$?'), i.i.d. given the seed.
-
-    One operation on two integers in [0, max_operand], non-negative results; the solution is one worked line
-    ending in \\boxed{}, so it doubles as the warm start's demonstration.
-    """
-    if n < 0:
-        raise ValueError(f"n: must be >= 0, got {n}")
+def arithmetic_problems(max_operand: int = 12) -> list[dict[str, Any]]:
+    """Every distinct problem of the arithmetic miniature, in a fixed order (MATH schema, one worked line)."""
     if max_operand < 1:
         raise ValueError(f"max_operand: must be >= 1, got {max_operand}")
-    rng = random.Random(seed)
     records = []
-    for _ in range(n):
-        op = rng.choice(sorted(ARITHMETIC_OPS))
-        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-        if op == "-" and a < b:
-            a, b = b, a
+    for op in sorted(ARITHMETIC_OPS):
         symbol, fn = ARITHMETIC_OPS[op]
-        records.append({"problem": f"What is ${a} {symbol} {b}$?", "level": "Level 1", "type": "Arithmetic",
-                        "solution": f"${a} {symbol} {b} = \\boxed{{{fn(a, b)}}}$."})
+        for a in range(max_operand + 1):
+            for b in range(max_operand + 1):
+                if op == "-" and a < b:  # non-negative results only
+                    continue
+                records.append({"problem": f"What is ${a} {symbol} {b}$?", "level": "Level 1", "type": "Arithmetic",
+                                "solution": f"${a} {symbol} {b} = \\boxed{{{fn(a, b)}}}$."})
     return records
+
+
+def generate(n_train: int, n_test: int, *, seed: int, max_operand: int = 12) -> tuple[list[dict], list[dict]]:
+    """(train, test) arithmetic problems, deterministic given the seed.
+
+    The test split is n_test distinct problems (verl's validation groups responses by prompt text, so repeats
+    would shrink it); the train split draws n_train i.i.d. from all of them, the test problems included: the
+    miniature measures whether PPO sharpens arithmetic facts the warm start half knows, not generalisation to
+    facts never seen.
+    """
+    problems = arithmetic_problems(max_operand)
+    if n_train < 0 or not 0 <= n_test <= len(problems):
+        raise ValueError(f"train-size/test-size: need train >= 0 and 0 <= test <= {len(problems)} "
+                         f"(the distinct problems with operands up to {max_operand}), got {n_train}, {n_test}")
+    rng = random.Random(seed)
+    test = rng.sample(problems, n_test)
+    train = [rng.choice(problems) for _ in range(n_train)]
+    return train, test
 
 
 def demonstration(row: dict[str, Any]) -> str:
@@ -370,8 +381,7 @@ def prepare(
     if generated and source is not None:
         raise ValueError("source: give either a source or generated=True (--generate), not both")
     if generated:
-        records = generate(train_size + test_size, seed=seed)
-        train_records, test_records = records[:train_size], records[train_size:]
+        train_records, test_records = generate(train_size, test_size, seed=seed)
         origin = f"arithmetic generator(seed={seed})"
     else:
         # the authors take the splits in their published order (no seed)

@@ -23,7 +23,7 @@ def test_demonstrations_come_from_each_rows_task(data):
     assert len(pairs) == 64
     messages, response = pairs[0]
     assert messages[0]["role"] == "user" and messages[0]["content"].startswith("What is $")
-    assert response == math_lighteval.generate(1, seed=0)[0]["solution"]
+    assert response == math_lighteval.generate(48, 1, seed=0)[0][0]["solution"]
     assert all(r.startswith("<think>") and r.endswith("</answer>") for _, r in pairs[48:])
 
 

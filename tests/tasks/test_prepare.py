@@ -102,27 +102,32 @@ def test_prepare_countdown_generated_and_fixture(tmp_path):
 
 
 def test_math_arithmetic_generator_golden_and_self_consistent(tmp_path):
-    records = math_lighteval.generate(200, seed=0)
-    assert records == math_lighteval.generate(200, seed=0) and records != math_lighteval.generate(200, seed=1)
-    assert records[0] == {"problem": "What is $12 + 6$?", "level": "Level 1", "type": "Arithmetic",
-                          "solution": "$12 + 6 = \\boxed{18}$."}
-    assert {r["problem"].split()[3] for r in records} == {"+", "-", "\\times"}
-    for record in records:
+    problems = math_lighteval.arithmetic_problems()
+    assert len(problems) == 169 + 169 + 91 and len({p["problem"] for p in problems}) == len(problems)
+    assert problems[0] == {"problem": "What is $0 \\times 0$?", "level": "Level 1", "type": "Arithmetic",
+                           "solution": "$0 \\times 0 = \\boxed{0}$."}
+    for record in problems:
         a, op, b = record["problem"][len("What is $"):-len("$?")].split()
         value = {"+": int(a) + int(b), "-": int(a) - int(b), "\\times": int(a) * int(b)}[op]
         assert 0 <= int(a) <= 12 and 0 <= int(b) <= 12 and value >= 0
         assert math_lighteval.extract_boxed_answer(record["solution"]) == str(value)
+    train, test = math_lighteval.generate(200, 128, seed=0)
+    assert (train, test) == math_lighteval.generate(200, 128, seed=0) != math_lighteval.generate(200, 128, seed=1)
+    assert len(train) == 200 and len({r["problem"] for r in test}) == 128  # a test problem is never repeated
     result = math_lighteval.prepare(tmp_path, generated=True, train_size=30, test_size=10, seed=3)
     assert result["source"] == "arithmetic generator(seed=3)"
     rows = read(tmp_path / "train.parquet") + read(tmp_path / "test.parquet")
-    assert [r["extra_info"]["solution"] for r in rows] == [r["solution"] for r in math_lighteval.generate(40, seed=3)]
+    train, test = math_lighteval.generate(30, 10, seed=3)
+    assert [r["extra_info"]["solution"] for r in rows] == [r["solution"] for r in train + test]
     for row in rows:  # the demonstration is what the warm start teaches, and it earns full reward
         demo = math_lighteval.demonstration(row)
         assert tasks.compute_score(row["data_source"], demo, row["reward_model"]["ground_truth"]) == 1.0
     with pytest.raises(ValueError, match="source: give either"):
         math_lighteval.prepare(tmp_path, source="x.jsonl", generated=True)
     with pytest.raises(ValueError, match="max_operand: must be >= 1"):
-        math_lighteval.generate(3, seed=0, max_operand=0)
+        math_lighteval.arithmetic_problems(0)
+    with pytest.raises(ValueError, match="0 <= test <= 429"):
+        math_lighteval.generate(1, 430, seed=0)
 
 
 def test_countdown_demonstration_is_a_full_reward_answer_in_the_authors_format(tmp_path):
