@@ -20,6 +20,8 @@ STEPS = ("rm_train", "train", "eval")
 # Paths the workflow itself makes: a model path under these prefixes is a rule input, anything else (a hub id,
 # a model the user placed elsewhere) is taken as given.
 MADE_MODEL_PREFIXES = ("models/tiny/", "models/rm/")
+WARM_START_MODEL = "models/tiny/warm"
+WARM_START_TASKS = ("math", "countdown")  # the tasks with demonstrations (evaluation.tasks.<task>.demonstration)
 
 
 METHOD_CACHE_DIR = Path(".snakemake") / "tre-cache"
@@ -134,6 +136,13 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
         for key, pool in (("task", "tasks"), ("size", "sizes"), ("seed", "seeds")):
             if f1[key] not in config[pool]:
                 raise ConfigError(f"config: figure1.{key}: {f1[key]!r} is not in {pool} {config[pool]}")
+    uses_warm = any(config["models"][s]["policy"] == WARM_START_MODEL for s in config["sizes"])
+    if uses_warm and not config.get("warm_start"):
+        raise ConfigError(f"config: warm_start: required when a policy is {WARM_START_MODEL} (or point "
+                          "models.<size>.policy at models/tiny/policy)")
+    if uses_warm and not warm_start_tasks(config):
+        raise ConfigError(f"config: warm_start: needs math or countdown in tasks for its demonstrations, got "
+                          f"{config['tasks']} (or point models.<size>.policy at models/tiny/policy)")
     if config["profile"] == "tiny" and any(s != "tiny" for s in config["sizes"]):
         bad = next(s for s in config["sizes"] if s != "tiny")
         raise ConfigError(f"config: sizes: {bad!r} needs profile 'paper' (profile 'tiny' runs size 'tiny' only)")
@@ -209,6 +218,22 @@ def artefact_outputs(name: str) -> list[str]:
 def needs_reward_model(config: Mapping[str, Any]) -> list[str]:
     """Sizes whose HH runs need a trained reward model."""
     return list(config["sizes"]) if "hh" in config["tasks"] else []
+
+
+def warm_start_tasks(config: Mapping[str, Any]) -> list[str]:
+    """The grid's tasks whose demonstrations the warm start learns from (those with a solver or worked solutions)."""
+    return [t for t in config["tasks"] if t in WARM_START_TASKS]
+
+
+def warm_start_args(config: Mapping[str, Any], threads: int) -> list[str]:
+    """Arguments of `python -m evaluation.warm_start` for the grid's warm start."""
+    spec = config["warm_start"]
+    args = ["--model", spec["base"], "--data", *[f"data/{t}/train.parquet" for t in warm_start_tasks(config)],
+            "--out", WARM_START_MODEL, "--threads", str(threads)]
+    for key in ("steps", "lr", "batch_size", "seed"):
+        if spec.get(key) is not None:
+            args += [f"--{key.replace('_', '-')}", str(spec[key])]
+    return args
 
 
 def is_made_path(path: Optional[str]) -> bool:

@@ -54,6 +54,11 @@ def test_deep_merge_replaces_lists_and_scalars():
     ({"sizes": ["7b"]}, "config: models.7b: required for size '7b'"),
     ({"train": {"overrides": ["no_equals_sign"]}}, "config: train.overrides.0: 'no_equals_sign' does not match"),
     ({"bogus": 1}, "config: bogus: unknown key (allowed: "),
+    ({"models": {"tiny": {"policy": "models/tiny/warm"}}, "warm_start": None},
+     "config: warm_start: required when a policy is models/tiny/warm"),
+    ({"models": {"tiny": {"policy": "models/tiny/warm"}}, "tasks": ["hh"], "figures": []},
+     "config: warm_start: needs math or countdown in tasks for its demonstrations, got ['hh']"),
+    ({"warm_start": {"base": "models/tiny/policy", "lr": 0}}, "config: warm_start.lr: 0 is less than or equal to"),
 ])
 def test_bad_config_is_one_line_naming_the_key(over, message):
     with pytest.raises(wfc.ConfigError) as e:
@@ -95,6 +100,17 @@ def test_command_lines_follow_the_step_interfaces():
         "train", "--base", "models/tiny/reward", "--data", "evaluation/tasks/fixtures/ultrafeedback.jsonl",
         "--out", "models/rm/tiny", "--preset", "tiny"]
     assert wfc.eval_args(cfg, run) == ["evaluate", "runs/hh/tiny/tre_k/seed1", "--n", "4"]
+
+
+def test_warm_start_learns_from_the_grids_math_and_countdown_rows():
+    cfg = wfc.resolve({"tasks": ["hh", "countdown", "math"], "models": {"tiny": {"policy": "models/tiny/warm"}}})
+    assert wfc.warm_start_tasks(cfg) == ["countdown", "math"]
+    assert wfc.warm_start_args(cfg, 2) == [
+        "--model", "models/tiny/policy", "--data", "data/countdown/train.parquet", "data/math/train.parquet",
+        "--out", "models/tiny/warm", "--threads", "2", "--steps", "600", "--lr", "0.003", "--batch-size", "32",
+        "--seed", "0"]
+    assert wfc.is_made_path(wfc.WARM_START_MODEL)
+    assert wfc.resolve({"grid": "paper"})["warm_start"] is None
 
 
 def test_paper_runs_pass_hub_models_and_multi_node_overrides():

@@ -121,6 +121,22 @@ def test_pipeline_runs_reruns_nothing_and_only_what_a_change_touches(standin_wor
     assert [c["name"] for c in _calls(work)[n_calls:]] == ["figures.curves"]
 
 
+def test_warm_start_runs_once_before_the_runs_that_start_from_it(standin_workdir, snakemake):
+    work = standin_workdir
+    cfg = _write_config(work, {"tasks": ["countdown"], "methods": ["ppo"], "seeds": [0, 1],
+                               "models": {"tiny": {"policy": "models/tiny/warm"}}})
+    proc = snakemake(work, "all", "--configfile", cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    calls = _calls(work)
+    names = [c["name"] for c in calls]
+    assert names.count("warm_start") == 1 and names.index("warm_start") < names.index("train")
+    warm = calls[names.index("warm_start")]["argv"]
+    assert warm[:6] == ["--model", "models/tiny/policy", "--data", "data/countdown/train.parquet", "--out",
+                        "models/tiny/warm"]
+    trains = [c["argv"] for c in calls if c["name"] == "train"]
+    assert len(trains) == 2 and all(a[a.index("--model-path") + 1] == "models/tiny/warm" for a in trains)
+
+
 def test_archive_only_figures_need_no_runs(standin_workdir, snakemake):
     work = standin_workdir
     for name in ("metrics", "runs", "eval"):

@@ -4,6 +4,7 @@
 localrules:
     data,
     tiny_model,
+    warm_start,
 
 
 rule data:
@@ -30,3 +31,18 @@ rule tiny_model:
     shell:
         "{PY} -m evaluation.tiny_model --out models/tiny --kind both --vocab-size {params.vocab} "
         "--seed {params.seed} > {log} 2>&1"
+
+
+rule warm_start:
+    input:
+        base=lambda wc: model_inputs(config["warm_start"]["base"]),
+        data=lambda wc: [f"data/{t}/train.parquet" for t in wfc.warm_start_tasks(config)],
+    output:
+        directory(wfc.WARM_START_MODEL),
+    params:
+        spec=lambda wc: json.dumps(config["warm_start"], sort_keys=True),
+    threads: 2
+    log:
+        "logs/warm_start/tiny.log",
+    run:
+        shell_logged(shlex.join([PY, "-m", "evaluation.warm_start", *wfc.warm_start_args(config, threads)]), log)
