@@ -73,3 +73,14 @@ def test_config_record_fields():
     assert rec["method_spec"]["loss_params"] == {"forking_top_ratio": 0.2, "forking_scope": "micro_batch"}
     assert rec["device"] == "cpu" and rec["packages"]["verl"] == "0.4.1"
     json.dumps(rec)
+
+
+def test_launches_sum_their_wall_times_and_skip_a_torn_line(tmp_path):
+    assert rundir.total_wall_time(tmp_path) == 0.0
+    rundir.record_launch(tmp_path, start_step=0, wall_time_s=10.25, status="interrupted")
+    with open(tmp_path / rundir.LAUNCHES, "a") as f:
+        f.write('{"wall_time_s": 99\n')  # a driver killed mid-write
+    rundir.record_launch(tmp_path, start_step=4, wall_time_s=5.5, status="completed")
+    lines = [json.loads(x) for x in (tmp_path / rundir.LAUNCHES).read_text().splitlines() if x.endswith("}")]
+    assert [(x["start_step"], x["status"]) for x in lines] == [(0, "interrupted"), (4, "completed")]
+    assert rundir.total_wall_time(tmp_path) == 15.75

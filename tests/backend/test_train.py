@@ -155,7 +155,11 @@ def test_ctrl_c_then_resume_continues_from_the_checkpoint(method_runs):
     assert "resuming from checkpoint step" in r["out2"] and r["stray2"] == []
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 1, 2], r["steps_after_kill"]  # every step exactly once
-    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["launches"] == 2
+    launches = [json.loads(line) for line in (run_dir / "launches.jsonl").read_text().splitlines()]
+    assert [x["status"] for x in launches] == ["interrupted", "completed"] and launches[1]["start_step"] >= 1
+    assert summary["wall_time_s"] == round(sum(x["wall_time_s"] for x in launches), 3)  # both legs counted
     for row in rows[1:]:
         # Forking's mask keeps ceil(0.2 N) of each micro-batch's N response tokens: about 20 %.
         assert 0.2 <= row["actor/forking_token_frac"] < 0.26 and math.isfinite(row["actor/pg_loss"])

@@ -1,6 +1,6 @@
-"""The run directory contract: config.json, metrics.jsonl (fed from verl's Tracking), summary.json.
+"""The run directory contract: config.json, metrics.jsonl (fed from verl's Tracking), launches.jsonl, summary.json.
 
-runs/<task>/<size>/<method>/seed<k>/{config.json, metrics.jsonl, summary.json, checkpoints/}
+runs/<task>/<size>/<method>/seed<k>/{config.json, metrics.jsonl, launches.jsonl, summary.json, checkpoints/}
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from evaluation.files import atomic_write_json, atomic_write_text  # noqa: F401 
 
 RUN_DIR_ENV = "TRE_RUN_DIR"  # set for the Ray workers: where the TaskRunner's Tracking also writes metrics.jsonl
 CONFIG, METRICS, SUMMARY, CHECKPOINTS = "config.json", "metrics.jsonl", "summary.json", "checkpoints"
+LAUNCHES = "launches.jsonl"  # one line per launch of `train` (a resumed run has several): its wall time and end
 VAL_PREFIX, VAL_SUFFIX = "val-core/", "/reward/mean@1"
 
 
@@ -90,6 +91,27 @@ def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
             unique.append(r)
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in unique))
     return len(rows) - len(unique)
+
+
+def record_launch(run_dir: str | os.PathLike, *, start_step: int, wall_time_s: float, status: str) -> None:
+    """Append this launch's line to launches.jsonl (flushed: a killed driver loses at most its own line)."""
+    line = {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "start_step": start_step,
+            "wall_time_s": round(wall_time_s, 3), "status": status}
+    with open(Path(run_dir) / LAUNCHES, "a") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+
+
+def total_wall_time(run_dir: str | os.PathLike) -> float:
+    """Wall time summed over every recorded launch of the run (unreadable lines are skipped)."""
+    path = Path(run_dir) / LAUNCHES
+    total = 0.0
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            total += float(json.loads(line)["wall_time_s"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return round(total, 3)
 
 
 def latest_checkpoint_step(checkpoint_dir: str | os.PathLike) -> int:
