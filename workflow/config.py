@@ -225,10 +225,15 @@ def warm_start_tasks(config: Mapping[str, Any]) -> list[str]:
     return [t for t in config["tasks"] if t in WARM_START_TASKS]
 
 
+def warm_start_data(config: Mapping[str, Any]) -> list[str]:
+    """The train parquet files the warm start reads (inputs of its rule)."""
+    return [f"data/{t}/train.parquet" for t in warm_start_tasks(config)]
+
+
 def warm_start_args(config: Mapping[str, Any], threads: int) -> list[str]:
     """Arguments of `python -m evaluation.warm_start` for the grid's warm start."""
     spec = config["warm_start"]
-    args = ["--model", spec["base"], "--data", *[f"data/{t}/train.parquet" for t in warm_start_tasks(config)],
+    args = ["--model", spec["base"], "--data", *warm_start_data(config),
             "--out", WARM_START_MODEL, "--threads", str(threads)]
     for key in ("steps", "lr", "batch_size", "seed"):
         if spec.get(key) is not None:

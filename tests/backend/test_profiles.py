@@ -13,25 +13,16 @@ from tre.backend.profiles import RunSpec, SpecError, override_map, overrides
 
 # seed-spec §4, one row per script: task, size, method, MRL, entropy coeff, K, P, micro actor/log-prob/critic,
 # epochs, test_freq, save_freq.  "entropy" (PPO + full entropy) is the sixth method, on the *_ppo.sh scripts.
+# method, entropy coeff, K, P: the five methods that have an authors' script for every task x size
+SCRIPT_METHODS = (("ppo", 0, None, None), ("forking_tokens", 0, None, None), ("kl_cov", 0, None, None),
+                  ("tre_k", 0.001, 2, None), ("tre_p", 0.001, None, 0.99))
 SCRIPTS = [
-    *[("math", "1.5b", m, 8192, e, k, p, 8, 8, 16, 30, 5, 20) for m, e, k, p in (
-        ("ppo", 0, None, None), ("forking_tokens", 0, None, None), ("kl_cov", 0, None, None),
-        ("tre_k", 0.001, 2, None), ("tre_p", 0.001, None, 0.99))],
-    *[("math", "7b", m, 8192, e, k, p, 4, 4, 4, 30, 5, 20) for m, e, k, p in (
-        ("ppo", 0, None, None), ("forking_tokens", 0, None, None), ("kl_cov", 0, None, None),
-        ("tre_k", 0.001, 2, None), ("tre_p", 0.001, None, 0.99))],
-    *[("countdown", "1.5b", m, 512, e, k, p, 16, 16, 32, 29, 20, 100) for m, e, k, p in (
-        ("ppo", 0, None, None), ("forking_tokens", 0, None, None), ("kl_cov", 0, None, None),
-        ("tre_k", 0.001, 2, None), ("tre_p", 0.001, None, 0.99))],
-    *[("countdown", "7b", m, 512, e, k, p, 16, 16, 32, 29, 5, 100) for m, e, k, p in (
-        ("ppo", 0, None, None), ("forking_tokens", 0, None, None), ("kl_cov", 0, None, None),
-        ("tre_k", 0.001, 2, None), ("tre_p", 0.001, None, 0.99))],
-    *[("hh", "1.5b", m, 1024, e, k, p, 16, 16, 32, 200, 20, 100) for m, e, k, p in (
-        ("ppo", 0, None, None), ("forking_tokens", 0, None, None), ("kl_cov", 0, None, None),
-        ("tre_k", 0.001, 2, None), ("tre_p", 0.001, None, 0.99))],
-    *[("hh", "7b", m, 1024, e, k, p, 8, 8, 16, 200, 5, 20) for m, e, k, p in (
-        ("ppo", 0, None, None), ("forking_tokens", 0, None, None), ("kl_cov", 0, None, None),
-        ("tre_k", 0.001, 2, None), ("tre_p", 0.001, None, 0.99))],
+    *[("math", "1.5b", m, 8192, e, k, p, 8, 8, 16, 30, 5, 20) for m, e, k, p in SCRIPT_METHODS],
+    *[("math", "7b", m, 8192, e, k, p, 4, 4, 4, 30, 5, 20) for m, e, k, p in SCRIPT_METHODS],
+    *[("countdown", "1.5b", m, 512, e, k, p, 16, 16, 32, 29, 20, 100) for m, e, k, p in SCRIPT_METHODS],
+    *[("countdown", "7b", m, 512, e, k, p, 16, 16, 32, 29, 5, 100) for m, e, k, p in SCRIPT_METHODS],
+    *[("hh", "1.5b", m, 1024, e, k, p, 16, 16, 32, 200, 20, 100) for m, e, k, p in SCRIPT_METHODS],
+    *[("hh", "7b", m, 1024, e, k, p, 8, 8, 16, 200, 5, 20) for m, e, k, p in SCRIPT_METHODS],
 ]
 ENTROPY_ROWS = [(t, s, "entropy", mrl, 0.001, None, None, a, l, c, ep, tf, sf)
                 for t, s, m, mrl, _, _, _, a, l, c, ep, tf, sf in SCRIPTS if m == "ppo"]

@@ -119,26 +119,29 @@ def train(spec: RunSpec, *, log=print) -> int:
 
     t0 = time.time()
     session = None
+    status = "failed"
     try:
         with ray_session(env=worker_env(run_dir, spec)) as session:
             from verl.trainer.main_ppo import run_ppo
 
             run_ppo(config)
+        status = "completed"
     except BaseException:
         if session is None or session.signum is None:
-            rundir.record_launch(run_dir, start_step=start, wall_time_s=time.time() - t0, status="failed")
             raise
-    if session is not None and session.signum is not None:
-        rundir.record_launch(run_dir, start_step=start, wall_time_s=time.time() - t0, status="interrupted")
+    finally:
+        interrupted = session is not None and session.signum is not None
+        rundir.record_launch(run_dir, start_step=start, wall_time_s=time.time() - t0,
+                             status="interrupted" if interrupted else status)
+    if interrupted:
         name = "SIGINT" if session.signum == 2 else "SIGTERM"
         log(f"interrupted ({name}); Ray shut down; rerun the same command to resume")
         return EXIT_INTERRUPTED.get(session.signum, 130)
-    rundir.record_launch(run_dir, start_step=start, wall_time_s=time.time() - t0, status="completed")
     rows = rundir.read_metrics(Path(run_dir) / rundir.METRICS)
     # wall time over every launch: a run resumed after preemption reports all the time it took, not its last leg
     summary = {"task": spec.task, "size": spec.size, "method": spec.method, "seed": spec.seed,
                **rundir.summarize(rows, task_val_metric(spec.task)), "wall_time_s": rundir.total_wall_time(run_dir),
-               "launches": len((Path(run_dir) / rundir.LAUNCHES).read_text().splitlines()), "status": "completed"}
+               "launches": len(rundir.read_launches(run_dir)), "status": "completed"}
     rundir.atomic_write_json(summary_path, summary)
     log(f"done: {summary_path}")
     return 0

@@ -102,16 +102,23 @@ def record_launch(run_dir: str | os.PathLike, *, start_step: int, wall_time_s: f
         f.flush()
 
 
-def total_wall_time(run_dir: str | os.PathLike) -> float:
-    """Wall time summed over every recorded launch of the run (unreadable lines are skipped)."""
+def read_launches(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The readable lines of launches.jsonl (a line torn by a killed driver is skipped)."""
     path = Path(run_dir) / LAUNCHES
-    total = 0.0
+    out = []
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
-            total += float(json.loads(line)["wall_time_s"])
+            launch = json.loads(line)
+            launch["wall_time_s"] = float(launch["wall_time_s"])
         except (ValueError, KeyError, TypeError):
             continue
-    return round(total, 3)
+        out.append(launch)
+    return out
+
+
+def total_wall_time(run_dir: str | os.PathLike) -> float:
+    """Wall time summed over every recorded launch of the run."""
+    return round(sum(launch["wall_time_s"] for launch in read_launches(run_dir)), 3)
 
 
 def latest_checkpoint_step(checkpoint_dir: str | os.PathLike) -> int:

@@ -36,7 +36,7 @@ rule tiny_model:
 rule warm_start:
     input:
         base=lambda wc: model_inputs(config["warm_start"]["base"]),
-        data=lambda wc: [f"data/{t}/train.parquet" for t in wfc.warm_start_tasks(config)],
+        data=lambda wc: wfc.warm_start_data(config),
     output:
         directory(wfc.WARM_START_MODEL),
     params:
