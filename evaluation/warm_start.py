@@ -6,6 +6,11 @@ fine-tunes the tiny policy on each prepared training row's demonstration (MATH: 
 \\boxed{}; Countdown: the solver's equation in the authors' <think>/<answer> format) for a fixed, small number of
 steps, so PPO starts non-zero but far from perfect. Deterministic given the seed and the thread count.
 
+--plain-fraction F writes that fraction of the MATH demonstrations without \\boxed{} around the answer. The warm
+policy then often ignores the requested answer format, as instruct models do, and the scorer gives those answers 0:
+a consistent signal that PPO on a tiny policy can learn within tens of steps (the arithmetic itself it cannot
+improve that fast; see README, "The CPU miniature").
+
     python -m evaluation.warm_start --model models/tiny/policy --data data/math/train.parquet --out models/tiny/warm
 """
 
@@ -24,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from evaluation.argtypes import int_at_least, open_fraction
+from evaluation.argtypes import fraction, int_at_least, open_fraction
 from evaluation.files import atomic_write_text
 
 RECORD = "warm_start.json"
@@ -43,14 +48,19 @@ class Settings:
     batch_size: int = 32
     warmup: float = 0.1
     seed: int = 0
+    plain_fraction: float = 0.0
 
 
-def demonstrations(paths: list[Path]) -> list[tuple[list[dict[str, str]], str]]:
-    """(chat prompt, target response) of every row of the prepared parquet files, from the task's demonstration()."""
+def demonstrations(paths: list[Path], *, plain_fraction: float = 0.0, seed: int = 0) -> list[tuple[list[dict[str, str]], str]]:
+    """(chat prompt, target response) of every row of the prepared parquet files, from the task's demonstration().
+
+    A plain_fraction of the math rows (drawn with `seed`) get their answer without \\boxed{}.
+    """
     import pyarrow.parquet as pq
 
-    from evaluation.tasks import task_for_source
+    from evaluation.tasks import math_lighteval, task_for_source
 
+    rng = random.Random(seed)
     pairs = []
     for path in paths:
         if not Path(path).is_file():
@@ -63,7 +73,10 @@ def demonstrations(paths: list[Path]) -> list[tuple[list[dict[str, str]], str]]:
             if not hasattr(task, "demonstration"):
                 raise WarmStartError(f"data: task {task.NAME} ({path}) has no demonstrations; "
                                      "the warm start supports math and countdown")
-            pairs.append((list(row["prompt"]), task.demonstration(row)))
+            if task is math_lighteval and plain_fraction and rng.random() < plain_fraction:
+                pairs.append((list(row["prompt"]), task.demonstration(row, boxed=False)))
+            else:
+                pairs.append((list(row["prompt"]), task.demonstration(row)))
     if not pairs:
         raise WarmStartError(f"data: {', '.join(map(str, paths))} has no rows")
     return pairs
@@ -86,7 +99,7 @@ def train(model_dir: Path, data: list[Path], out: Path, settings: Settings, *, l
 
     if not (Path(model_dir) / "config.json").is_file():
         raise WarmStartError(f"model: {model_dir} is not a model directory (no config.json)")
-    pairs = demonstrations(data)
+    pairs = demonstrations(data, plain_fraction=settings.plain_fraction, seed=settings.seed)
     torch.manual_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -163,6 +176,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--warmup", type=open_fraction, default=defaults.warmup,
                         help=f"fraction of steps of linear warm-up before the cosine decay ({defaults.warmup})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"sampling and init seed ({defaults.seed})")
+    parser.add_argument("--plain-fraction", type=fraction, default=defaults.plain_fraction, metavar="F",
+                        help="fraction of MATH demonstrations written without \\boxed{} around the answer "
+                             f"({defaults.plain_fraction})")
     parser.add_argument("--threads", type=int_at_least(1), help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     if not (args.lr > 0 and math.isfinite(args.lr)):
@@ -171,7 +187,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    settings = Settings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, warmup=args.warmup, seed=args.seed)
+    settings = Settings(steps=args.steps, lr=args.lr, batch_size=args.batch_size, warmup=args.warmup, seed=args.seed,
+                        plain_fraction=args.plain_fraction)
     try:
         record = train(args.model, args.data, args.out, settings, log=lambda m: print(m, file=sys.stderr, flush=True))
     except WarmStartError as exc:

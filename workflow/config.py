@@ -124,6 +124,9 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
     for t in config["tasks"]:
         if t not in config["data"]:
             raise ConfigError(f"config: data.{t}: required for task {t!r}")
+    for t, spec in config["data"].items():
+        if spec.get("max_operand") is not None and not (t == "math" and spec.get("generate")):
+            raise ConfigError(f"config: data.{t}.max_operand: only for math with generate: true")
     for s in config["sizes"]:
         if s not in config["models"]:
             raise ConfigError(f"config: models.{s}: required for size {s!r}")
@@ -235,7 +238,7 @@ def warm_start_args(config: Mapping[str, Any], threads: int) -> list[str]:
     spec = config["warm_start"]
     args = ["--model", spec["base"], "--data", *warm_start_data(config),
             "--out", WARM_START_MODEL, "--threads", str(threads)]
-    for key in ("steps", "lr", "batch_size", "seed"):
+    for key in ("steps", "lr", "batch_size", "seed", "plain_fraction"):
         if spec.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(spec[key])]
     return args
@@ -275,8 +278,9 @@ def method_spec(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
 
 
 def train_overrides(config: Mapping[str, Any], run: Run) -> list[str]:
-    """key=value overrides passed to the backend for this run (global, per method, then multi-node)."""
+    """key=value overrides passed to the backend for this run (global, per task, per method, then multi-node)."""
     out = list(config["train"].get("overrides", []))
+    out += list(config["train"].get("task_overrides", {}).get(run.task, []))
     out += list(config["train"].get("method_overrides", {}).get(run.method, []))
     res = step_resources(config, "train", run.size)
     if res.get("nodes", 1) > 1:
@@ -292,7 +296,7 @@ def data_args(config: Mapping[str, Any], task: str) -> list[str]:
         args.append("--generate")
     if spec.get("source"):
         args += ["--source", spec["source"]]
-    for key in ("train_size", "test_size", "seed"):
+    for key in ("train_size", "test_size", "seed", "max_operand"):
         if spec.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(spec[key])]
     return args

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--seed", type=int, metavar="S",
                          help="hh: shuffle seed (42); --generate: generator seed (0); unused by the hub's math and countdown")
     prepare.add_argument("--generate", action="store_true", help="countdown and math: use our seeded generator")
+    prepare.add_argument("--max-operand", type=int_at_least(1), metavar="N",
+                         help="math --generate: operands 0..N (12; 6 gives the 126 problems of the CPU miniature)")
     return parser
 
 
@@ -61,12 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--generate: only for tasks {', '.join(GENERATED)}, got {args.task!r}")
     if args.generate and args.source is not None:
         parser.error("--generate: give either --source or --generate, not both")
+    if args.max_operand is not None and not (args.generate and args.task == "math"):
+        parser.error("--max-operand: only with math --generate")
     task = get_task(args.task)
     kwargs = {"source": args.source, "train_size": args.train_size, "test_size": args.test_size}
     if args.seed is not None:
         kwargs["seed"] = args.seed
     if args.generate:
         kwargs["generated"] = True
+    if args.max_operand is not None:
+        kwargs["max_operand"] = args.max_operand
     try:
         result = task.prepare(args.out, **kwargs)
     except DataUnavailable as exc:

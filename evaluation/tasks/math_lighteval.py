@@ -363,9 +363,19 @@ def generate(n_train: int, n_test: int, *, seed: int, max_operand: int = 12) -> 
     return train, test
 
 
-def demonstration(row: dict[str, Any]) -> str:
-    """The worked solution of a prepared row (the warm start's target response)."""
-    return row["extra_info"]["solution"]
+def demonstration(row: dict[str, Any], *, boxed: bool = True) -> str:
+    """The worked solution of a prepared row (the warm start's target response).
+
+    boxed=False writes the final answer without \\boxed{} (the warm start's format slips): a sound solution the
+    scorer gives 0, because the prompt asks for the boxed answer.
+    """
+    solution = row["extra_info"]["solution"]
+    if boxed:
+        return solution
+    boxed_answer = last_boxed_only_string(solution)
+    if boxed_answer is None:
+        return solution
+    return solution.replace(boxed_answer, remove_boxed(boxed_answer))
 
 
 def prepare(
@@ -376,13 +386,14 @@ def prepare(
     test_size: int = 5000,
     seed: int = 0,
     generated: bool = False,
+    max_operand: int = 12,
 ) -> dict:
     """Write MATH train/test parquet files: the hub's splits, a local file split in order, or generated arithmetic."""
     if generated and source is not None:
         raise ValueError("source: give either a source or generated=True (--generate), not both")
     if generated:
-        train_records, test_records = generate(train_size, test_size, seed=seed)
-        origin = f"arithmetic generator(seed={seed})"
+        train_records, test_records = generate(train_size, test_size, seed=seed, max_operand=max_operand)
+        origin = f"arithmetic generator(seed={seed}, max_operand={max_operand})"
     else:
         # the authors take the splits in their published order (no seed)
         train_records, test_records = load_splits(source)

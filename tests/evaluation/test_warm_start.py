@@ -27,6 +27,23 @@ def test_demonstrations_come_from_each_rows_task(data):
     assert all(r.startswith("<think>") and r.endswith("</answer>") for _, r in pairs[48:])
 
 
+def test_plain_fraction_drops_the_box_from_that_share_of_math_demonstrations_only(data):
+    paths = [data / "math" / "train.parquet", data / "countdown" / "train.parquet"]
+    boxed = warm_start.demonstrations(paths)
+    mixed = warm_start.demonstrations(paths, plain_fraction=0.5, seed=3)
+    assert mixed == warm_start.demonstrations(paths, plain_fraction=0.5, seed=3)  # deterministic given the seed
+    assert [p for p, _ in mixed] == [p for p, _ in boxed] and mixed[48:] == boxed[48:]  # countdown untouched
+    plain = [i for i, (_, r) in enumerate(mixed[:48]) if "\\boxed" not in r]
+    assert 12 <= len(plain) <= 36
+    for i in range(48):
+        answer = math_lighteval.remove_boxed(math_lighteval.last_boxed_only_string(boxed[i][1]))
+        if i in plain:  # the same worked line, the answer bare: a sound solution the scorer gives 0
+            assert mixed[i][1] == boxed[i][1].replace(f"\\boxed{{{answer}}}", answer)
+            assert math_lighteval.score(mixed[i][1], answer) == 0.0
+        else:
+            assert mixed[i][1] == boxed[i][1]
+
+
 def test_cli_trains_deterministically_and_lowers_the_loss(tmp_path, data, tiny_model, capsys):
     argv = ["--model", str(tiny_model), "--data", str(data / "math" / "train.parquet"), "--steps", "30",
             "--batch-size", "8", "--lr", "3e-3", "--seed", "1", "--threads", "1"]
@@ -59,7 +76,7 @@ def test_bad_input_is_one_line_and_keeps_the_previous_output(tmp_path, data, tin
         assert warm_start.main([*argv, "--out", str(out), "--steps", "1"]) == 2
         assert capsys.readouterr().err == err
     assert (out / "keep.txt").read_text() == "previous"
-    for argv in (["--steps", "0"], ["--lr", "-1"], ["--warmup", "1.5"]):
+    for argv in (["--steps", "0"], ["--lr", "-1"], ["--warmup", "1.5"], ["--plain-fraction", "1"]):
         with pytest.raises(SystemExit) as exc:
             warm_start.main(["--model", "m", "--data", "d", "--out", "o", *argv])
         assert exc.value.code == 2

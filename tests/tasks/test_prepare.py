@@ -115,7 +115,7 @@ def test_math_arithmetic_generator_golden_and_self_consistent(tmp_path):
     assert (train, test) == math_lighteval.generate(200, 128, seed=0) != math_lighteval.generate(200, 128, seed=1)
     assert len(train) == 200 and len({r["problem"] for r in test}) == 128  # a test problem is never repeated
     result = math_lighteval.prepare(tmp_path, generated=True, train_size=30, test_size=10, seed=3)
-    assert result["source"] == "arithmetic generator(seed=3)"
+    assert result["source"] == "arithmetic generator(seed=3, max_operand=12)"
     rows = read(tmp_path / "train.parquet") + read(tmp_path / "test.parquet")
     train, test = math_lighteval.generate(30, 10, seed=3)
     assert [r["extra_info"]["solution"] for r in rows] == [r["solution"] for r in train + test]
@@ -128,6 +128,23 @@ def test_math_arithmetic_generator_golden_and_self_consistent(tmp_path):
         math_lighteval.arithmetic_problems(0)
     with pytest.raises(ValueError, match="0 <= test <= 429"):
         math_lighteval.generate(1, 430, seed=0)
+
+
+def test_cli_max_operand_makes_the_miniatures_126_problems(tmp_path, capsys):
+    small = math_lighteval.arithmetic_problems(6)
+    assert len(small) == 49 + 49 + 28
+    assert main(["prepare", "math", "--generate", "--max-operand", "6", "--train-size", "40", "--test-size", "126",
+                 "--out", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "arithmetic generator(seed=0, max_operand=6)"
+    test = read(tmp_path / "test.parquet")
+    assert sorted(r["extra_info"]["solution"] for r in test) == sorted(p["solution"] for p in small)
+    for argv in (["prepare", "math", "--out", "x", "--max-operand", "6"],
+                 ["prepare", "countdown", "--out", "x", "--generate", "--max-operand", "6"],
+                 ["prepare", "math", "--out", "x", "--generate", "--max-operand", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+    assert "--max-operand: only with math --generate" in capsys.readouterr().err
 
 
 def test_countdown_demonstration_is_a_full_reward_answer_in_the_authors_format(tmp_path):

@@ -34,7 +34,7 @@ def test_paper_grid_is_the_full_grid():
 def test_user_keys_merge_deeply_over_the_grid():
     cfg = wfc.resolve({"seeds": [3, 4], "data": {"math": {"train_size": 5}}})
     assert cfg["seeds"] == [3, 4]
-    assert cfg["data"]["math"] == {"source": "evaluation/tasks/fixtures/math.jsonl", "train_size": 5, "test_size": 10}
+    assert cfg["data"]["math"] == {"generate": True, "max_operand": 6, "train_size": 5, "test_size": 126, "seed": 0}
 
 
 def test_deep_merge_replaces_lists_and_scalars():
@@ -54,10 +54,13 @@ def test_deep_merge_replaces_lists_and_scalars():
     ({"sizes": ["7b"]}, "config: models.7b: required for size '7b'"),
     ({"train": {"overrides": ["no_equals_sign"]}}, "config: train.overrides.0: 'no_equals_sign' does not match"),
     ({"bogus": 1}, "config: bogus: unknown key (allowed: "),
-    ({"models": {"tiny": {"policy": "models/tiny/warm"}}, "warm_start": None},
-     "config: warm_start: required when a policy is models/tiny/warm"),
-    ({"models": {"tiny": {"policy": "models/tiny/warm"}}, "tasks": ["hh"], "figures": []},
+    ({"warm_start": None}, "config: warm_start: required when a policy is models/tiny/warm"),
+    ({"tasks": ["hh"], "figures": []},
      "config: warm_start: needs math or countdown in tasks for its demonstrations, got ['hh']"),
+    ({"data": {"countdown": {"max_operand": 3}}}, "config: data.countdown.max_operand: only for math with generate"),
+    ({"train": {"task_overrides": {"maths": []}}}, "config: train.task_overrides.maths: unknown key"),
+    ({"warm_start": {"base": "models/tiny/policy", "plain_fraction": 1}},
+     "config: warm_start.plain_fraction: 1 is greater than or equal to the maximum of 1"),
     ({"warm_start": {"base": "models/tiny/policy", "lr": 0}}, "config: warm_start.lr: 0 is less than or equal to"),
 ])
 def test_bad_config_is_one_line_naming_the_key(over, message):
@@ -91,8 +94,12 @@ def test_command_lines_follow_the_step_interfaces():
     run = wfc.Run("hh", "tiny", "tre_k", 1)
     assert wfc.train_args(cfg, run) == [
         "train", "--task", "hh", "--size", "tiny", "--method", "tre_k", "--seed", "1", "--profile", "tiny",
-        "--run-dir", "runs/hh/tiny/tre_k/seed1", "--data-dir", "data/hh", "--model-path", "models/tiny/policy",
+        "--run-dir", "runs/hh/tiny/tre_k/seed1", "--data-dir", "data/hh", "--model-path", "models/tiny/warm",
         "trainer.total_training_steps=2", "actor_rollout_ref.actor.entropy_coeff=0.01"]
+    # global, then the task's, then the method's (the last one wins in Hydra)
+    assert wfc.train_args(cfg, wfc.Run("math", "tiny", "tre_k", 0))[-4:] == [
+        "trainer.total_training_steps=2", "data.max_prompt_length=72", "data.max_response_length=20",
+        "actor_rollout_ref.actor.entropy_coeff=0.01"]
     assert wfc.data_args(cfg, "countdown") == [
         "prepare", "countdown", "--out", "data/countdown", "--generate", "--train-size", "48", "--test-size", "16",
         "--seed", "0"]
@@ -108,7 +115,7 @@ def test_warm_start_learns_from_the_grids_math_and_countdown_rows():
     assert wfc.warm_start_args(cfg, 2) == [
         "--model", "models/tiny/policy", "--data", "data/countdown/train.parquet", "data/math/train.parquet",
         "--out", "models/tiny/warm", "--threads", "2", "--steps", "600", "--lr", "0.003", "--batch-size", "32",
-        "--seed", "0"]
+        "--seed", "0", "--plain-fraction", "0.5"]
     assert wfc.is_made_path(wfc.WARM_START_MODEL)
     assert wfc.resolve({"grid": "paper"})["warm_start"] is None
 
@@ -129,7 +136,8 @@ def test_method_spec_changes_with_the_method_and_its_overrides(tmp_path):
     a = wfc.method_spec(cfg, wfc.Run("math", "tiny", "tre_k", 0))
     b = wfc.method_spec(wfc.resolve({"train": {"method_overrides": {"tre_k": ["x=1"]}}}),
                         wfc.Run("math", "tiny", "tre_k", 0))
-    assert a["method_spec"] == table["tre_k"] and a["overrides"] == [] and b["overrides"] == ["x=1"]
+    assert a["method_spec"] == table["tre_k"] and a["overrides"][-1] == "actor_rollout_ref.actor.entropy_coeff=0.03"
+    assert b["overrides"] == a["overrides"][:-1] + ["x=1"]
     assert json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True)
     # a second call reads the cache written by the first
     assert len(list(tmp_path.glob("methods-*.json"))) == 1
@@ -158,8 +166,8 @@ def test_figure1_needs_its_runs_in_the_grid():
     assert str(e.value) == ("config: figures: figure1 compares the entropy and tre_p runs; add 'entropy' to methods "
                             "or drop figure1")
     with pytest.raises(wfc.ConfigError) as e:
-        wfc.resolve({"tasks": ["math"]})
-    assert str(e.value) == "config: figure1.task: 'countdown' is not in tasks ['math']"
+        wfc.resolve({"tasks": ["countdown"]})
+    assert str(e.value) == "config: figure1.task: 'math' is not in tasks ['countdown']"
     assert wfc.resolve({"methods": ["ppo"], "figures": ["curves"]})["methods"] == ["ppo"]
     assert wfc.figure1_run(wfc.resolve({"grid": "paper"})) == {"task": "countdown", "size": "1.5b", "seed": 0,
                                                                 "tre_method": "tre_p"}
