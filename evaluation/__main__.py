@@ -29,6 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
     e.add_argument("--lm-eval", dest="lm_eval", action=argparse.BooleanOptionalAction, default=None,
                    help="run the lm-eval cross-check (default: on for task math)")
+    e.add_argument("--lm-eval-task", default="tre_math_local", choices=("tre_math_local", "minerva_math500"),
+                   help="tre_math_local: ours, offline, on the run's test split (default); minerva_math500: lm-eval's "
+                        "own 4-shot task on MATH-500, run in --lm-eval-python")
+    e.add_argument("--lm-eval-python", type=Path, default=None, metavar="PYTHON",
+                   help="interpreter with lm-eval[math] for minerva_math500 (default: .venv-lmeval/bin/python, "
+                        "made by `bash workflow/setup.sh --lm-eval-math`)")
+    e.add_argument("--lm-eval-data", type=Path, default=None, metavar="JSONL",
+                   help="minerva_math500 on a local MATH-500 file instead of the hub's (offline clusters)")
     return p
 
 
@@ -41,9 +49,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         res = evaluate(args.run_dir, step=args.step, n=args.n, split=args.split, data=args.data, limit=args.limit,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-                       device=args.device, lm_eval=args.lm_eval)
+                       device=args.device, lm_eval=args.lm_eval, lm_eval_task=args.lm_eval_task,
+                       lm_eval_python=args.lm_eval_python, lm_eval_data=args.lm_eval_data)
     except EvalError as e:
         parser.error(str(e))
+    except RuntimeError as e:  # the lm-eval harness failed: one line, the log's path in it
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     summary = {"step": res["step"], "n": res["n"], "num_prompts": res["num_prompts"], **res["metrics"]}
     if res["lm_eval"]:
         summary.update({f"lm_eval/{k}": v for k, v in res["lm_eval"]["metrics"].items()})

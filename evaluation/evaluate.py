@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,11 @@ from evaluation.files import atomic_write_text
 TEMPERATURE = 1.0
 TOP_P = 0.7
 TOP_K = 0
-LM_EVAL_TASK = "tre_math_local"
+LM_EVAL_TASK = "tre_math_local"  # ours: in-process, offline, on the run's own test split
+MINERVA_TASK = "minerva_math500"  # the community's: lm-eval[math] in its own interpreter (antlr 4.11 breaks verl)
+LM_EVAL_TASKS = (LM_EVAL_TASK, MINERVA_TASK)
 LM_EVAL_DIR = Path(__file__).parent / "lm_eval_tasks"
+LM_EVAL_PYTHON = Path(__file__).resolve().parent.parent / ".venv-lmeval" / "bin" / "python"  # setup.sh --lm-eval-math
 SPLIT_KEYS = {"test": "val_files", "train": "train_files"}
 # data_sources, responses, ground_truths, extra_infos -> one score per response
 Scorer = Callable[[Sequence[str], Sequence[str], Sequence[Any], Sequence[Any]], list[float]]
@@ -217,6 +221,74 @@ def run_lm_eval(model_dir: str, docs_path: Path, max_gen_toks: int, *, device: s
             "max_gen_toks": max_gen_toks, "n_docs": len(docs_path.read_text().splitlines()), "metrics": metrics}
 
 
+def _lm_eval_package_dir(python: Path) -> Path:
+    """Where `python` finds the lm_eval package (without importing its task modules)."""
+    import subprocess
+
+    probe = "import importlib.util as u; print(list(u.find_spec('lm_eval').submodule_search_locations)[0])"
+    try:
+        proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=120)
+    except OSError as exc:
+        raise EvalError(f"--lm-eval-python: cannot run {python} ({exc.strerror}); build it with "
+                        "`bash workflow/setup.sh --lm-eval-math`") from None
+    if proc.returncode != 0:
+        raise EvalError(f"--lm-eval-python: {python} cannot import lm_eval; build it with `bash workflow/setup.sh --lm-eval-math`")
+    return Path(proc.stdout.strip())
+
+
+def run_minerva(model_dir: str, out_dir: Path, *, python: Path = LM_EVAL_PYTHON, data: Optional[Path] = None,
+                limit: Optional[int] = None, device: str = "cpu", batch_size: int = 8) -> dict[str, Any]:
+    """lm-eval's own minerva_math500 (4-shot, its prompt, its graders) through its CLI in `python`.
+
+    `data`: a local MATH-500 JSONL (problem, solution, answer, ...) instead of the hub's HuggingFaceH4/MATH-500, for
+    offline clusters; the task is then lm-eval's minerva_math500 YAML included as is, with only the data replaced.
+    The harness's log goes to <out_dir>/lm_eval/lm_eval.log, its results and samples under <out_dir>/lm_eval/.
+    """
+    import shutil
+    import subprocess
+
+    python = Path(python)
+    work = Path(out_dir) / "lm_eval"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    task, extra = MINERVA_TASK, []
+    if data is not None:
+        data = Path(data).resolve()
+        if not data.is_file():
+            raise EvalError(f"--lm-eval-data: no such file {str(data)!r}")
+        upstream = _lm_eval_package_dir(python) / "tasks" / "minerva_math" / f"{MINERVA_TASK}.yaml"
+        task = f"{MINERVA_TASK}_local"
+        (work / "tasks").mkdir()
+        atomic_write_text(work / "tasks" / f"{task}.yaml", json.dumps({
+            "include": str(upstream), "task": task, "dataset_path": "json", "dataset_name": None,
+            "dataset_kwargs": {"data_files": {"test": str(data)}}}, indent=1) + "\n")  # JSON is YAML
+        extra += ["--include_path", str(work / "tasks")]
+    if limit is not None:
+        extra += ["--limit", str(limit)]
+    cmd = [str(python), "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={model_dir}", "--device", device,
+           "--tasks", task, "--batch_size", str(batch_size), "--seed", "0", "--output_path", str(work / "results"),
+           "--log_samples", *extra]
+    log = work / "lm_eval.log"
+    try:
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=None)
+    except OSError as exc:
+        raise EvalError(f"--lm-eval-python: cannot run {python} ({exc.strerror}); build it with "
+                        "`bash workflow/setup.sh --lm-eval-math`") from None
+    if proc.returncode != 0:
+        last = next((line for line in reversed(log.read_text(errors="replace").splitlines()) if line.strip()), "")
+        raise RuntimeError(f"lm-eval {task} exited {proc.returncode}: {last.strip()} (log: {log})")
+    found = sorted((work / "results").rglob("results_*.json"))
+    if not found:
+        raise RuntimeError(f"lm-eval {task}: no results_*.json under {work / 'results'} (log: {log})")
+    res = json.loads(found[-1].read_text())
+    metrics = {m: float(res["results"][task][f"{m},none"]) for m in ("exact_match", "math_verify")}
+    return {"task": task, "harness": "lm-eval", "lm_eval_version": res.get("lm_eval_version"), "python": str(python),
+            "data": str(data) if data else "HuggingFaceH4/MATH-500", "num_fewshot": res.get("n-shot", {}).get(task),
+            "n_docs": res.get("n-samples", {}).get(task, {}).get("effective"), "metrics": metrics,
+            "results_file": str(found[-1])}
+
+
 # ------------------------------------------------------------------------------------------------ the whole evaluation
 
 
@@ -233,13 +305,30 @@ def score_samples(examples: Sequence[Example], responses: Sequence[Sequence[str]
 
 def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: str = "test", data: Optional[Path] = None,
              limit: Optional[int] = None, max_new_tokens: Optional[int] = None, batch_size: int = 8, seed: int = 0,
-             device: str = "cpu", lm_eval: Optional[bool] = None, scorer: Optional[Scorer] = None) -> dict[str, Any]:
-    """Evaluate one checkpoint of a run; writes eval/<step>/samples.jsonl and scores.json and returns the scores."""
+             device: str = "cpu", lm_eval: Optional[bool] = None, scorer: Optional[Scorer] = None,
+             lm_eval_task: str = LM_EVAL_TASK, lm_eval_python: Optional[Path] = None,
+             lm_eval_data: Optional[Path] = None) -> dict[str, Any]:
+    """Evaluate one checkpoint of a run; writes eval/<step>/samples.jsonl and scores.json and returns the scores.
+
+    The lm-eval cross-check (math) runs `lm_eval_task`: tre_math_local in-process on the run's own test split, or
+    lm-eval's minerva_math500 in `lm_eval_python` (default .venv-lmeval) on MATH-500 (or `lm_eval_data`).
+    """
     run_dir = Path(run_dir)
     if n < 1:
         raise EvalError(f"--n: must be >= 1, got {n}")
+    if lm_eval_task not in LM_EVAL_TASKS:
+        raise EvalError(f"--lm-eval-task: must be one of {', '.join(LM_EVAL_TASKS)}, got {lm_eval_task!r}")
+    if lm_eval_task != MINERVA_TASK and (lm_eval_python is not None or lm_eval_data is not None):
+        raise EvalError(f"--lm-eval-python/--lm-eval-data: only with --lm-eval-task {MINERVA_TASK}")
     config = read_config(run_dir)
     task = config.get("task")
+    run_lm_eval_check = lm_eval if lm_eval is not None else task == "math"
+    if run_lm_eval_check and task != "math":
+        raise EvalError(f"--lm-eval: the lm-eval cross-check is for task math, got {task!r}")
+    lm_eval_python = Path(lm_eval_python or LM_EVAL_PYTHON)
+    if run_lm_eval_check and lm_eval_task == MINERVA_TASK and not os.access(lm_eval_python, os.X_OK):
+        raise EvalError(f"--lm-eval-python: {lm_eval_python} is not an executable interpreter; "
+                        "build .venv-lmeval with `bash workflow/setup.sh --lm-eval-math`")
     step, model_dir = resolve_model(run_dir, config, step)
     data_path = resolve_data(config, split, data)
     examples = load_examples(data_path, limit)
@@ -264,12 +353,14 @@ def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: st
         "metrics": summarise(scores, binary=task != "hh"),
         "lm_eval": None,
     }
-    if lm_eval if lm_eval is not None else task == "math":
-        if task != "math":
-            raise EvalError(f"--lm-eval: the lm-eval cross-check is for task math, got {task!r}")
-        docs = out_dir / "lm_eval_docs.jsonl"
-        atomic_write_text(docs, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in lm_eval_docs(examples)))
-        result["lm_eval"] = run_lm_eval(model_dir, docs, int(max_new_tokens), device=device, batch_size=batch_size)
+    if run_lm_eval_check:
+        if lm_eval_task == MINERVA_TASK:
+            result["lm_eval"] = run_minerva(model_dir, out_dir, python=lm_eval_python, data=lm_eval_data,
+                                            limit=limit, device=device, batch_size=batch_size)
+        else:
+            docs = out_dir / "lm_eval_docs.jsonl"
+            atomic_write_text(docs, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in lm_eval_docs(examples)))
+            result["lm_eval"] = run_lm_eval(model_dir, docs, int(max_new_tokens), device=device, batch_size=batch_size)
     result["wall_time_s"] = round(time.perf_counter() - t0, 3)
     atomic_write_text(out_dir / "scores.json", json.dumps(result, indent=2, default=str) + "\n")
     return result

@@ -203,12 +203,14 @@ def runs(config: Mapping[str, Any]) -> Iterator[Run]:
 
 
 def figure1_run(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Task, size, seed and TRE method whose checkpoints Figure 1 compares (nulls: the grid's first)."""
+    """Task, size, seed and TRE method whose checkpoints Figure 1 compares (nulls: the grid's first), and where."""
     f1 = dict(config.get("figure1") or {})
     return {"task": f1.get("task", "countdown"),
             "size": f1.get("size") if f1.get("size") is not None else config["sizes"][0],
             "seed": f1.get("seed") if f1.get("seed") is not None else config["seeds"][0],
-            "tre_method": f1.get("tre_method", "tre_p")}
+            "tre_method": f1.get("tre_method", "tre_p"),
+            "prompt_index": f1.get("prompt_index", 0),
+            "response_prefix": f1.get("response_prefix", "")}
 
 
 def artefact_outputs(name: str) -> list[str]:
@@ -328,6 +330,11 @@ def eval_args(config: Mapping[str, Any], run: Run) -> list[str]:
     args = ["evaluate", run.run_dir, "--n", str(config["eval"]["n"])]
     if config["eval"].get("step") is not None:
         args += ["--step", str(config["eval"]["step"])]
+    if config["eval"].get("lm_eval") is not None:
+        args.append("--lm-eval" if config["eval"]["lm_eval"] else "--no-lm-eval")
+    for key in ("lm_eval_task", "lm_eval_python", "lm_eval_data"):
+        if config["eval"].get(key) is not None:
+            args += [f"--{key.replace('_', '-')}", str(config["eval"][key])]
     return args
 
 

@@ -14,7 +14,7 @@ import verl.trainer
 import yaml
 from omegaconf import OmegaConf
 
-from baselines import forking_count, get_method
+from baselines import forking_count, forking_mask, get_method
 from tre import trust_region_entropy
 from tre.backend import plugin
 from tre.backend.plugin import ActorSpec, PluginConfigError, actor_spec, diagnostics
@@ -36,7 +36,9 @@ def test_actor_spec_reads_every_method_key():
     ({"tre_entropy": "tre_p", "entropy_top_p": 1.0}, "actor.entropy_top_p"),
     ({"tre_entropy": "full", "entropy_top_k": 2}, "actor.tre_entropy"),
     ({"entropy_max_candidates": 0}, "actor.entropy_max_candidates"),
-    ({"policy_loss": {"loss_mode": "forking_tokens", "forking_scope": "batch"}}, "actor.policy_loss.forking_scope"),
+    ({"policy_loss": {"loss_mode": "forking_tokens", "forking_scope": "global"}}, "actor.policy_loss.forking_scope"),
+    ({"policy_loss": {"loss_mode": "forking_tokens", "forking_scope": "batch"}, "use_dynamic_bsz": True},
+     "actor.use_dynamic_bsz"),
     ({"tre_entropy": "tre_k", "entropy_top_k": 2, "use_fused_kernels": True}, "use_fused_kernels"),
     ({"policy_loss": {"loss_mode": "forking_tokens"}, "use_fused_kernels": True}, "use_fused_kernels"),
 ])
@@ -192,6 +194,41 @@ def test_forking_keeps_the_policy_gradient_on_20_percent_of_tokens(update_metric
     expected = [forking_count(int(m.sum()), 0.2) / int(m.sum()) for m in (mask[:4], mask[4:])]
     assert update_metrics["forking_tokens"]["actor/forking_token_frac"] == pytest.approx(expected)
     assert "actor/forking_token_frac" not in update_metrics["ppo"]
+
+
+def test_forking_batch_scope_takes_the_top_share_over_each_whole_mini_batch(dist_group, ppo_batch, monkeypatch):
+    import tre.backend.plugin  # noqa: F401
+
+    from verl import DataProto
+
+    model, batch = ppo_batch
+    seen = []
+    loss = plugin.POLICY_LOSSES["forking_tokens"]
+    monkeypatch.setitem(plugin.POLICY_LOSSES, "forking_tokens",
+                        lambda *a, entropy_top_mask, **k: seen.append(entropy_top_mask.clone()) or loss(*a, entropy_top_mask=entropy_top_mask, **k))
+    mask = batch["attention_mask"][:, -10:]
+
+    # one mini-batch of 8 in micro-batches of 4: the mask is the top 20 % of the old policy's entropies over all 8
+    actor = _actor(model, "forking_tokens_batch")
+    with torch.no_grad():
+        _, entropy = actor.compute_log_prob(DataProto.from_dict(
+            tensors=dict(batch), meta_info={"micro_batch_size": 8, "temperature": 1.0, "use_dynamic_bsz": False}),
+            calculate_entropy=True)
+    metrics = _update(actor, batch)
+    assert torch.equal(torch.cat(seen), forking_mask(entropy.float(), mask, 0.2))
+    assert int(torch.cat(seen).sum()) == forking_count(int(mask.sum()), 0.2)
+    fracs = metrics["actor/forking_token_frac"]  # per micro-batch: no longer 20 % each, 20 % together
+    assert sum(f * int(m.sum()) for f, m in zip(fracs, (mask[:4], mask[4:]))) == pytest.approx(forking_count(int(mask.sum()), 0.2))
+
+    # two mini-batches of 4 in micro-batches of 2, two epochs: one mask per mini-batch, at that mini-batch's weights
+    seen.clear()
+    actor = _actor(model, "forking_tokens_batch", ppo_mini_batch_size=4, ppo_micro_batch_size_per_gpu=2, ppo_epochs=2)
+    _update(actor, batch)
+    assert len(seen) == 8 and all(m.shape == (2, 10) for m in seen)
+    for i in range(4):
+        rows = mask[4 * (i % 2) : 4 * (i % 2) + 4]
+        assert int(seen[2 * i].sum() + seen[2 * i + 1].sum()) == forking_count(int(rows.sum()), 0.2)
+    assert plugin.STATE.forking_masks is None and "zero_grad" not in actor.actor_optimizer.__dict__
 
 
 def test_forking_loss_differs_from_vanilla_on_the_same_batch(update_metrics):

@@ -132,7 +132,6 @@ def test_tiny_profile_is_cpu_ready(tmp_path):
     (RunSpec("math", "tiny", "ppo", profile="tiny"), "model_path"),
     (RunSpec("math", "1.5b", "ppo", seed=-1), "seed"),
     (RunSpec("math", "1.5b", "ppo", wandb="yes"), "wandb"),
-    (RunSpec("math", "1.5b", "forking_tokens_batch"), "method"),
     (RunSpec("math", "1.5b", "ppo", extra=("trainer.total_epochs",)), "override"),
 ])
 def test_bad_specs_name_the_field(spec, field):

@@ -106,7 +106,8 @@ def test_command_lines_follow_the_step_interfaces():
     assert wfc.rm_train_args(cfg, "tiny") == [
         "train", "--base", "models/tiny/reward", "--data", "evaluation/tasks/fixtures/ultrafeedback.jsonl",
         "--out", "models/rm/tiny", "--preset", "tiny"]
-    assert wfc.eval_args(cfg, run) == ["evaluate", "runs/hh/tiny/tre_k/seed1", "--n", "4"]
+    assert wfc.eval_args(cfg, run) == ["evaluate", "runs/hh/tiny/tre_k/seed1", "--n", "4", "--no-lm-eval"]
+    assert wfc.eval_args(wfc.resolve({"grid": "paper"}), run)[-4:] == ["--n", "8", "--lm-eval-task", "minerva_math500"]
 
 
 def test_warm_start_learns_from_the_grids_math_and_countdown_rows():
@@ -170,6 +171,7 @@ def test_figure1_needs_its_runs_in_the_grid():
     assert str(e.value) == "config: figure1.task: 'math' is not in tasks ['countdown']"
     assert wfc.resolve({"methods": ["ppo"], "figures": ["curves"]})["methods"] == ["ppo"]
     assert wfc.figure1_run(wfc.resolve({"grid": "paper"})) == {"task": "countdown", "size": "1.5b", "seed": 0,
+                                                                "prompt_index": 0, "response_prefix": "",
                                                                 "tre_method": "tre_p"}
 
 

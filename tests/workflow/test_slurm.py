@@ -30,7 +30,7 @@ def sacct(job_id: str) -> list[str]:
 
 def test_tiny_pipeline_end_to_end_through_slurm(slurm_cluster, standin_workdir, snakemake):
     work = standin_workdir
-    cfg = {"tasks": ["countdown", "hh"], "methods": ["ppo", "tre_k"], "figures": ["curves"],
+    cfg = {"tasks": ["countdown", "hh"], "methods": ["ppo", "tre_k"], "seeds": [0], "figures": ["curves"],
            "launcher": {"cluster": "slurm"}, "resources": {"train": {"tiny": {"mem_gb": 1}}}}
     (work / "cfg.json").write_text(json.dumps(cfg))
     proc = snakemake(work, "all", "--configfile", "cfg.json", timeout=400)

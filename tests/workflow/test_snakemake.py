@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = {"tasks": ["countdown", "hh"], "methods": ["ppo", "tre_k"], "figures": ["curves"],
+SMALL = {"tasks": ["countdown", "hh"], "methods": ["ppo", "tre_k"], "seeds": [0], "figures": ["curves"],
          "launcher": {"cluster": "debug"}}
 
 

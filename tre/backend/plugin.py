@@ -3,7 +3,9 @@
 What it changes, and only for an actor whose config asks for it (the reference policy is never touched):
   * the entropy inside the policy-update loss becomes TRE-K / TRE-P (`tre.trust_region_entropy`); the logged
     `actor/entropy` (old policy, `compute_log_prob`, no grad) stays verl's full-vocabulary entropy, as in the fork;
-  * Forking-Tokens gets the current micro-batch's per-token entropy even when `entropy_coeff == 0`;
+  * Forking-Tokens gets the current micro-batch's per-token entropy even when `entropy_coeff == 0`
+    (forking_scope=micro_batch, the authors'); with forking_scope=batch the top-entropy mask is taken over the
+    whole mini-batch, from one extra no-grad forward of it at the weights its update starts from;
   * the baselines' policy losses are registered with verl's registry under their `baselines.POLICY_LOSSES` names;
   * every update logs `actor/top1_prob_sum` and the trust-region diagnostics (`actor/tre_k_entropy`,
     `actor/tre_p_entropy`, `actor/tre_p_size`, `actor/tail_mass_k`, `actor/tail_mass_p`) on response tokens,
@@ -11,12 +13,14 @@ What it changes, and only for an actor whose config asks for it (the reference p
   * `use_fused_kernels=True` is refused for TRE and Forking (fused kernels never expose the logits).
 
 Actor config keys (Hydra `+actor_rollout_ref.actor.<key>`): tre_entropy (none|full|tre_k|tre_p), entropy_top_k,
-entropy_top_p, entropy_max_candidates (256), tre_diagnostics (bool); Forking reads policy_loss.forking_top_ratio.
+entropy_top_p, entropy_max_candidates (256), tre_diagnostics (bool); Forking reads policy_loss.forking_top_ratio
+and policy_loss.forking_scope (micro_batch|batch).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -24,6 +28,7 @@ from typing import Any, Optional
 import torch
 
 from baselines import POLICY_LOSSES, agg_loss, forking_mask
+from baselines.forking_tokens import SCOPES as FORKING_SCOPES
 from baselines.common import cfg
 from baselines.methods import ENTROPY_KINDS
 from tre.kernel import trust_region_entropy, trust_region_stats
@@ -46,8 +51,9 @@ class ActorSpec:
     top_k: Optional[int] = None
     top_p: Optional[float] = None
     max_candidates: int = DIAG_MAX_CANDIDATES
-    forking: bool = False  # the policy loss needs the current micro-batch's per-token entropy
+    forking: bool = False  # the policy loss needs per-token entropies of the current policy
     diagnostics: bool = False
+    forking_scope: str = "micro_batch"  # which tokens compete for the top-entropy share: micro_batch | batch
 
     @property
     def needs_logits(self) -> bool:
@@ -79,10 +85,14 @@ def actor_spec(config: Any) -> ActorSpec:
         raise PluginConfigError(f"actor.entropy_max_candidates: must be an integer >= 1, got {max_cand!r}")
     loss_mode = cfg(config, "policy_loss.loss_mode", "vanilla")
     forking = loss_mode == "forking_tokens"
-    if forking and cfg(config, "policy_loss.forking_scope", "micro_batch") != "micro_batch":
-        raise PluginConfigError(f"actor.policy_loss.forking_scope: must be micro_batch in the verl backend, got {cfg(config, 'policy_loss.forking_scope', None)!r}")
+    scope = cfg(config, "policy_loss.forking_scope", "micro_batch")
+    if forking and scope not in FORKING_SCOPES:
+        raise PluginConfigError(f"actor.policy_loss.forking_scope: must be one of {', '.join(FORKING_SCOPES)}, got {scope!r}")
+    if forking and scope == "batch" and cfg(config, "use_dynamic_bsz", False):
+        raise PluginConfigError("actor.use_dynamic_bsz: must be False with forking_scope=batch "
+                                "(dynamic micro-batches reorder the mini-batch's rows), got True")
     spec = ActorSpec(kind, top_k if kind == "tre_k" else None, float(top_p) if kind == "tre_p" else None, max_cand,
-                     forking, bool(cfg(config, "tre_diagnostics", False)))
+                     forking, bool(cfg(config, "tre_diagnostics", False)), scope if forking else "micro_batch")
     if spec.needs_logits and cfg(config, "use_fused_kernels", False):
         raise PluginConfigError(f"actor_rollout_ref.model.use_fused_kernels: must be False for tre_entropy={kind}"
                                 f"{' / loss_mode=forking_tokens' if forking else ''} (fused kernels never expose the logits), got True")
@@ -149,6 +159,7 @@ class _State:
         self.spec: Optional[ActorSpec] = None  # set only inside a patched actor's grad-enabled forward
         self.diag_mask: Optional[torch.Tensor] = None  # which logit rows are response tokens
         self.token_entropy: Optional[torch.Tensor] = None  # (bsz, resp) of the last update forward, for Forking
+        self.forking_masks: Optional[list[torch.Tensor]] = None  # batch scope: the masks of the coming micro-batches
         self.metrics: dict[str, list[float]] = {}
 
     def record(self, values: dict[str, float]) -> None:
@@ -255,11 +266,18 @@ def _install() -> None:
         return None, log_probs
 
     def update_policy(self, data):
-        STATE.metrics, STATE.token_entropy = {}, None
-        metrics = orig_update(self, data)
+        STATE.metrics, STATE.token_entropy, STATE.forking_masks = {}, None, None
+        spec: ActorSpec = getattr(self, "_tre_spec", ActorSpec())
+        optimizer = self.actor_optimizer
+        if spec.forking and spec.forking_scope == "batch":
+            optimizer.zero_grad = _mini_batch_masks_hook(self, data, optimizer.zero_grad)
+        try:
+            metrics = orig_update(self, data)
+        finally:
+            optimizer.__dict__.pop("zero_grad", None)  # back to the class's method
         for key, values in STATE.metrics.items():
             metrics.setdefault(key, []).extend(values)
-        STATE.metrics, STATE.token_entropy = {}, None
+        STATE.metrics, STATE.token_entropy, STATE.forking_masks = {}, None, None
         return metrics
 
     cls.__init__, cls._forward_micro_batch, cls.update_policy = __init__, _forward_micro_batch, update_policy
@@ -273,14 +291,57 @@ def _install() -> None:
     _PATCHED = True
 
 
-def _forking_from_state(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None):
-    """verl-signature Forking-Tokens loss fed with the entropy stashed by the current micro-batch's forward."""
-    entropy = STATE.token_entropy
-    if entropy is None or entropy.shape != response_mask.shape:
-        raise RuntimeError("forking_tokens: no per-token entropy from the current micro-batch forward; "
-                           "is tre.backend.plugin loaded as actor_rollout_ref.model.external_lib?")
+def _mini_batch_masks_hook(actor, data, zero_grad):
+    """Wraps the optimizer's zero_grad, which verl 0.4.1 calls once before each mini-batch's micro-batches.
+
+    At that point the weights are those the mini-batch's update starts from (they stay so over its micro-batches:
+    gradients accumulate, one optimizer step at the end). The hook runs a no-grad forward of the whole mini-batch,
+    takes the top-entropy mask over all its response tokens, and queues one slice per micro-batch, in verl's order
+    (mini-batches split in order and revisited each epoch, micro-batches split in order).
+    """
+    from verl.utils.device import get_device_id
+
+    config = actor.config
+    keys = ["responses", "input_ids", "attention_mask", "position_ids"] + (["loss_mask"] if "loss_mask" in data.batch.keys() else [])
+    mini_batches = data.select(batch_keys=keys).batch.split(config.ppo_mini_batch_size)
+    micro = config.ppo_micro_batch_size_per_gpu
     ratio = float(cfg(config, "policy_loss.forking_top_ratio", 0.2))
-    mask = forking_mask(entropy, response_mask, ratio)
+    temperature = data.meta_info["temperature"]
+    calls = itertools.count()
+
+    def hook(*args, **kwargs):
+        zero_grad(*args, **kwargs)
+        mini = mini_batches[next(calls) % len(mini_batches)]
+        entropies, masks = [], []
+        with torch.no_grad():
+            for part in mini.split(micro):
+                part = part.to(get_device_id())
+                entropy, _ = actor._forward_micro_batch(dict(part.items()), temperature, calculate_entropy=True)
+                entropies.append(entropy.float())
+                resp = part["responses"].shape[1]
+                masks.append((part["loss_mask"] if "loss_mask" in part.keys() else part["attention_mask"])[:, -resp:])
+        top = forking_mask(torch.cat(entropies), torch.cat(masks), ratio)
+        STATE.forking_masks = list(top.split(micro))
+
+    return hook
+
+
+def _forking_from_state(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None):
+    """verl-signature Forking-Tokens loss: the top-entropy mask of the current micro-batch (micro_batch scope, from
+    the entropy its forward stashed) or its slice of the mini-batch's mask (batch scope, queued by the hook)."""
+    ratio = float(cfg(config, "policy_loss.forking_top_ratio", 0.2))
+    if STATE.forking_masks is not None:
+        mask = STATE.forking_masks.pop(0) if STATE.forking_masks else None
+        if mask is None or mask.shape != response_mask.shape:
+            raise RuntimeError("forking_tokens (batch scope): the mini-batch masks do not line up with verl's "
+                               "micro-batches (dynamic batch size or an unexpected verl version?)")
+        mask = mask.to(response_mask.device)
+    else:
+        entropy = STATE.token_entropy
+        if entropy is None or entropy.shape != response_mask.shape:
+            raise RuntimeError("forking_tokens: no per-token entropy from the current micro-batch forward; "
+                               "is tre.backend.plugin loaded as actor_rollout_ref.model.external_lib?")
+        mask = forking_mask(entropy, response_mask, ratio)
     valid = float(response_mask.sum())
     STATE.record({"actor/forking_token_frac": float((mask * response_mask).sum()) / valid if valid else math.nan})
     return POLICY_LOSSES["forking_tokens"](old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, entropy_top_mask=mask)

@@ -91,11 +91,7 @@ def validate(spec: RunSpec) -> Method:
         raise SpecError("model_path: size tiny needs a local model directory (--model-path DIR or model_path=DIR)")
     for item in spec.extra:
         split_override(item)
-    method = get_method(spec.method)
-    if method.needs_token_entropy and method.loss_params.get("forking_scope", "micro_batch") != "micro_batch":
-        raise SpecError(f"method: {spec.method} (forking_scope={method.loss_params['forking_scope']}) is not supported by the verl backend; "
-                        "allowed forking_scope: micro_batch")
-    return method
+    return get_method(spec.method)
 
 
 def split_override(item: str) -> tuple[str, str]:

@@ -40,7 +40,8 @@ if not ARCHIVE_ONLY:
         params:
             args=shlex.join(
                 ["--runs", "runs", "--task", _F1["task"], "--size", _F1["size"], "--seed", str(_F1["seed"]),
-                 "--tre-method", _F1["tre_method"], "--results", "results"]
+                 "--tre-method", _F1["tre_method"], "--results", "results", "--prompt-index", str(_F1["prompt_index"]),
+                 "--response-prefix", _F1["response_prefix"]]
             ),
         log:
             "logs/figures/dists.log",
