@@ -191,8 +191,12 @@ def method_colors(methods: Sequence[str]) -> dict[str, str]:
     return {m: PAPER_COLORS[m] if m in PAPER_COLORS else next(extra) for m in order_methods(methods)}
 
 
-def plot_band(ax, stats: "pd.DataFrame", label: str, color) -> None:
-    """One mean line with its 95 % CI band (band only where there are >= 2 seeds); limits kept by hand."""
+def plot_band(ax, stats: "pd.DataFrame", label: str, color, bounds: tuple = (None, None)) -> None:
+    """One mean line with its 95 % CI band (band only where there are >= 2 seeds); limits kept by hand.
+
+    bounds: the range the quantity cannot leave (a probability: (0, 1)); the band is clipped to it, since a t
+    interval over 3 seeds easily reaches past 0 for a mass that is never negative.
+    """
     import math
 
     from matplotlib.ticker import MaxNLocator
@@ -202,10 +206,11 @@ def plot_band(ax, stats: "pd.DataFrame", label: str, color) -> None:
     ax.set_autoscale_on(False)
     ax.plot(stats["step"], stats["mean"], label=label, color=color, lw=1.6, scalex=False, scaley=False)
     band = stats[stats["n"] >= 2]
+    lower, upper = (band["mean"] - band["ci95"]).clip(*bounds), (band["mean"] + band["ci95"]).clip(*bounds)
     if len(band):
-        ax.fill_between(band["step"], band["mean"] - band["ci95"], band["mean"] + band["ci95"], color=color, alpha=0.2, lw=0)
-    lo = (band["mean"] - band["ci95"]).min() if len(band) else math.inf
-    hi = (band["mean"] + band["ci95"]).max() if len(band) else -math.inf
+        ax.fill_between(band["step"], lower, upper, color=color, alpha=0.2, lw=0)
+    lo = lower.min() if len(band) else math.inf
+    hi = upper.max() if len(band) else -math.inf
     x0, x1, y0, y1 = getattr(ax, "_tre_limits", (math.inf, -math.inf, math.inf, -math.inf))
     x0, x1 = min(x0, stats["step"].min()), max(x1, stats["step"].max())
     y0, y1 = min(y0, lo, stats["mean"].min()), max(y1, hi, stats["mean"].max())

@@ -25,7 +25,9 @@ def draw(val: "pd.DataFrame", highlight: Sequence[str] = ()) -> "Figure":
     for (task, size), ax in grid.items():
         cell = stats[(stats["task"] == task) & (stats["size"] == size)]
         for method in order_methods(cell["method"]):
-            plot_band(ax, cell[cell["method"] == method], method_label(method), colors[method])
+            # MATH / Countdown scores are fractions correct; HH's reward-model score has no range
+            plot_band(ax, cell[cell["method"] == method], method_label(method), colors[method],
+                      (None, None) if task == "hh" else (0, 1))
             if method in highlight:
                 ax.get_lines()[-1].set_linewidth(3.0)
         ax.set_title(panel_title(task, size))

@@ -13,13 +13,14 @@ if TYPE_CHECKING:
 
 NAME = "entropy_dynamics"
 DESCRIPTION = "full-vocab entropy, top-1 probability, trust-region size and tail mass vs step per method"
-# (panel, metric names in order of preference, y-axis label). verl 0.4.0 called the entropy "actor/entropy_loss".
+# (panel, metric names in order of preference, y-axis label, the values' range). verl 0.4.0 called the entropy
+# "actor/entropy_loss".
 PANELS = (
-    ("Full-vocabulary entropy", ("actor/entropy", "actor/entropy_loss"), "Entropy (nats)"),
-    ("Top-1 probability", ("actor/top1_prob_sum",), "Mean max probability"),
-    ("Trust-region size (p = 0.99 nucleus)", ("actor/tre_p_size",), "Tokens in nucleus"),
-    ("Tail mass outside the nucleus", ("actor/tail_mass_p",), "Probability mass"),
-    ("Tail mass outside the top-2", ("actor/tail_mass_k",), "Probability mass"),
+    ("Full-vocabulary entropy", ("actor/entropy", "actor/entropy_loss"), "Entropy (nats)", (0, None)),
+    ("Top-1 probability", ("actor/top1_prob_sum",), "Mean max probability", (0, 1)),
+    ("Trust-region size (p = 0.99 nucleus)", ("actor/tre_p_size",), "Tokens in nucleus", (1, None)),
+    ("Tail mass outside the nucleus", ("actor/tail_mass_p",), "Probability mass", (0, 1)),
+    ("Tail mass outside the top-2", ("actor/tail_mass_k",), "Probability mass", (0, 1)),
 )
 
 
@@ -38,7 +39,7 @@ def draw(metrics: "pd.DataFrame") -> "Figure":
                         wspace=0.42, hspace=0.12)
     for r, (row, (task, size)) in enumerate(zip(axes, cells)):
         cell = metrics[(metrics["task"] == task) & (metrics["size"] == size)]
-        for c, (ax, (title, names, ylabel)) in enumerate(zip(row, PANELS)):
+        for c, (ax, (title, names, ylabel, bounds)) in enumerate(zip(row, PANELS)):
             name = next((n for n in names if (cell["metric"] == n).any()), None)
             if r == 0:
                 ax.set_title(title)
@@ -50,7 +51,7 @@ def draw(metrics: "pd.DataFrame") -> "Figure":
                 continue
             stats = mean_ci_by_step(cell[cell["metric"] == name], ["method"])
             for method in order_methods(stats["method"]):
-                plot_band(ax, stats[stats["method"] == method], method_label(method), colors[method])
+                plot_band(ax, stats[stats["method"] == method], method_label(method), colors[method], bounds)
     handles = {}
     for ax in axes.flat:
         for h, label in zip(*ax.get_legend_handles_labels()):
@@ -63,5 +64,5 @@ def draw(metrics: "pd.DataFrame") -> "Figure":
 
 def build(results: Path, out_dir: Path) -> list[Path]:
     """Write <out_dir>/entropy_dynamics.{pdf,png} from results/metrics.csv."""
-    metrics = read_metrics(results, sorted({n for _, names, _ in PANELS for n in names}))
+    metrics = read_metrics(results, sorted({n for _, names, _, _ in PANELS for n in names}))
     return save_figure(draw(metrics), out_dir, NAME)

@@ -252,12 +252,13 @@ def _install() -> None:
             diag_mask = _rmpad_response_rows(micro_batch["attention_mask"], response_mask)
         else:
             diag_mask = response_mask
+        stash = spec.forking and spec.forking_scope == "micro_batch"  # batch scope: the hook queued the masks
         STATE.spec, STATE.diag_mask = spec, diag_mask
         try:
-            entropy, log_probs = orig_forward(self, micro_batch, temperature, calculate_entropy=calculate_entropy or spec.forking)
+            entropy, log_probs = orig_forward(self, micro_batch, temperature, calculate_entropy=calculate_entropy or stash)
         finally:
             STATE.spec, STATE.diag_mask = None, None
-        if spec.forking:
+        if stash:
             STATE.token_entropy = entropy.detach()
         if calculate_entropy:
             loss_agg_mode = self.config.get("loss_agg_mode", "token-mean")
