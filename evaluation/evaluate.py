@@ -24,6 +24,7 @@ MINERVA_TASK = "minerva_math500"  # the community's: lm-eval[math] in its own in
 LM_EVAL_TASKS = (LM_EVAL_TASK, MINERVA_TASK)
 LM_EVAL_DIR = Path(__file__).parent / "lm_eval_tasks"
 LM_EVAL_PYTHON = Path(__file__).resolve().parent.parent / ".venv-lmeval" / "bin" / "python"  # setup.sh --lm-eval-math
+_BUILD_LM_EVAL = "build .venv-lmeval with `bash workflow/setup.sh --lm-eval-math`"
 SPLIT_KEYS = {"test": "val_files", "train": "train_files"}
 # data_sources, responses, ground_truths, extra_infos -> one score per response
 Scorer = Callable[[Sequence[str], Sequence[str], Sequence[Any], Sequence[Any]], list[float]]
@@ -226,13 +227,9 @@ def _lm_eval_package_dir(python: Path) -> Path:
     import subprocess
 
     probe = "import importlib.util as u; print(list(u.find_spec('lm_eval').submodule_search_locations)[0])"
-    try:
-        proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=120)
-    except OSError as exc:
-        raise EvalError(f"--lm-eval-python: cannot run {python} ({exc.strerror}); build it with "
-                        "`bash workflow/setup.sh --lm-eval-math`") from None
+    proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise EvalError(f"--lm-eval-python: {python} cannot import lm_eval; build it with `bash workflow/setup.sh --lm-eval-math`")
+        raise EvalError(f"--lm-eval-python: {python} cannot import lm_eval; {_BUILD_LM_EVAL}")
     return Path(proc.stdout.strip())
 
 
@@ -254,8 +251,6 @@ def run_minerva(model_dir: str, out_dir: Path, *, python: Path = LM_EVAL_PYTHON,
     task, extra = MINERVA_TASK, []
     if data is not None:
         data = Path(data).resolve()
-        if not data.is_file():
-            raise EvalError(f"--lm-eval-data: no such file {str(data)!r}")
         upstream = _lm_eval_package_dir(python) / "tasks" / "minerva_math" / f"{MINERVA_TASK}.yaml"
         task = f"{MINERVA_TASK}_local"
         (work / "tasks").mkdir()
@@ -269,12 +264,8 @@ def run_minerva(model_dir: str, out_dir: Path, *, python: Path = LM_EVAL_PYTHON,
            "--tasks", task, "--batch_size", str(batch_size), "--seed", "0", "--output_path", str(work / "results"),
            "--log_samples", *extra]
     log = work / "lm_eval.log"
-    try:
-        with open(log, "w") as f:
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=None)
-    except OSError as exc:
-        raise EvalError(f"--lm-eval-python: cannot run {python} ({exc.strerror}); build it with "
-                        "`bash workflow/setup.sh --lm-eval-math`") from None
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         last = next((line for line in reversed(log.read_text(errors="replace").splitlines()) if line.strip()), "")
         raise RuntimeError(f"lm-eval {task} exited {proc.returncode}: {last.strip()} (log: {log})")
@@ -326,9 +317,11 @@ def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: st
     if run_lm_eval_check and task != "math":
         raise EvalError(f"--lm-eval: the lm-eval cross-check is for task math, got {task!r}")
     lm_eval_python = Path(lm_eval_python or LM_EVAL_PYTHON)
-    if run_lm_eval_check and lm_eval_task == MINERVA_TASK and not os.access(lm_eval_python, os.X_OK):
-        raise EvalError(f"--lm-eval-python: {lm_eval_python} is not an executable interpreter; "
-                        "build .venv-lmeval with `bash workflow/setup.sh --lm-eval-math`")
+    if run_lm_eval_check and lm_eval_task == MINERVA_TASK:  # checked before the sampling, not after it
+        if not os.access(lm_eval_python, os.X_OK):
+            raise EvalError(f"--lm-eval-python: {lm_eval_python} is not an executable interpreter; {_BUILD_LM_EVAL}")
+        if lm_eval_data is not None and not Path(lm_eval_data).is_file():
+            raise EvalError(f"--lm-eval-data: no such file {str(lm_eval_data)!r}")
     step, model_dir = resolve_model(run_dir, config, step)
     data_path = resolve_data(config, split, data)
     examples = load_examples(data_path, limit)

@@ -22,16 +22,19 @@ fresh() {  # fresh VENV: true when VENV was built by this same setup.sh and pypr
   [ -x "$1/bin/python" ] && [ -f "$1/.tre-setup-stamp" ] && [ "$(cat "$1/.tre-setup-stamp")" = "$want" ]
 }
 want="$(cat pyproject.toml workflow/setup.sh | sha256sum | cut -d' ' -f1)"
-
-venv="$root/.venv"
-if [ "$lm_eval_math" = 0 ] && ! fresh "$venv"; then
-  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-  pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+make_venv() {  # make_venv DIR PIP_ARGS...: the venv, torch, then PIP_ARGS, then pip's consistency check
+  [ -x "$1/bin/python" ] || "$py" -m venv "$1"
+  local pip=("$1/bin/python" -m pip install --disable-pip-version-check -q)
   quiet "${pip[@]}" --upgrade "pip>=24"
   # torch first and on its own: the local CPU wheel. Letting pip pick torch pulls gigabytes of CUDA packages.
   quiet "${pip[@]}" "torch==2.13.0"
-  quiet "${pip[@]}" -e ".[test]"
-  "$venv/bin/python" -m pip check --disable-pip-version-check
+  quiet "${pip[@]}" "${@:2}"
+  "$1/bin/python" -m pip check --disable-pip-version-check
+}
+
+venv="$root/.venv"
+if [ "$lm_eval_math" = 0 ] && ! fresh "$venv"; then
+  make_venv "$venv" -e ".[test]"
   PYTHONWARNINGS=ignore "$venv/bin/python" - <<'PY'
 import torch, verl, trl, lm_eval, math_verify, hydra  # noqa: F401  a real import, not only pip's metadata
 from verl.trainer import main_ppo  # noqa: F401
@@ -44,12 +47,7 @@ fi
 
 lmeval="$root/.venv-lmeval"
 if [ "$lm_eval_math" = 1 ] && ! fresh "$lmeval"; then
-  [ -x "$lmeval/bin/python" ] || "$py" -m venv "$lmeval"
-  pip=("$lmeval/bin/python" -m pip install --disable-pip-version-check -q)
-  quiet "${pip[@]}" --upgrade "pip>=24"
-  quiet "${pip[@]}" "torch==2.13.0"
-  quiet "${pip[@]}" "lm-eval[hf,math]==0.4.13" "transformers>=4.56.2,<5"
-  "$lmeval/bin/python" -m pip check --disable-pip-version-check
+  make_venv "$lmeval" "lm-eval[hf,math]==0.4.13" "transformers>=4.56.2,<5"
   PYTHONWARNINGS=ignore "$lmeval/bin/python" - <<'PY'
 from importlib.metadata import version
 import lm_eval, math_verify, torch, transformers  # noqa: F401

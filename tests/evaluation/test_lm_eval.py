@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,8 @@ def test_minerva_bad_input_is_one_line(run_dir, tmp_path, capsys):
         (["--lm-eval-data", str(tmp_path / "x.jsonl")], "--lm-eval-python/--lm-eval-data: only with --lm-eval-task minerva_math500"),
         (["--lm-eval-task", "minerva_math500", "--lm-eval-python", str(tmp_path / "nope")],
          f"--lm-eval-python: {tmp_path / 'nope'} is not an executable interpreter; build .venv-lmeval with"),
+        (["--lm-eval-task", "minerva_math500", "--lm-eval-python", sys.executable, "--lm-eval-data", str(tmp_path / "x.jsonl")],
+         f"--lm-eval-data: no such file {str(tmp_path / 'x.jsonl')!r}"),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exc:
@@ -87,3 +90,4 @@ def test_minerva_bad_input_is_one_line(run_dir, tmp_path, capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 2  # argparse's usage line + the one error line
+    assert not (run_dir / "eval").exists()  # refused before sampling: nothing written
