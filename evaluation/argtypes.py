@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Callable
 
 
@@ -32,23 +33,22 @@ def port(text: str) -> int:
     return value
 
 
-def open_fraction(text: str) -> float:
-    """argparse type: a float strictly between 0 and 1."""
+def _number_in(text: str, ok: Callable[[float], bool], allowed: str) -> float:
+    """float(text) when ok() accepts it, else argparse's error naming the allowed range (NaN is never ok)."""
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (exclusive), got {text!r}")
+        value = math.nan
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
     return value
+
+
+def open_fraction(text: str) -> float:
+    """argparse type: a float strictly between 0 and 1."""
+    return _number_in(text, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
 
 
 def fraction(text: str) -> float:
     """argparse type: a float in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
-    return value
+    return _number_in(text, lambda v: 0 <= v < 1, "a number in [0, 1)")
