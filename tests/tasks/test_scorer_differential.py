@@ -45,7 +45,8 @@ def _integer_forms(rng: random.Random) -> list[Form]:
     if n > 0:
         forms.append((f"+{n}", f"+{n}"))
     if n >= 1000:
-        forms += [(f"{n // 1000}\\!{n % 1000:03d}", f"{n}"), (f"{n // 1000},{n % 1000:03d}", f"{n // 1000},{n % 1000:03d}")]
+        comma = f"{n // 1000},{n % 1000:03d}"
+        forms += [(f"{n // 1000}\\!{n % 1000:03d}", f"{n}"), (comma, comma)]
     return forms
 
 
@@ -82,7 +83,8 @@ def _decimal_forms(rng: random.Random) -> list[Form]:
 def _sqrt_forms(rng: random.Random) -> list[Form]:
     k, r = rng.randint(2, 9), rng.choice([2, 3, 5, 6, 7])
     s = f"{k}\\sqrt{{{r}}}"
-    return [(s, s), (f"{k} \\sqrt{{{r}}}", s), (f"{k}\\sqrt{r}", s), (f"\\sqrt{{{k * k * r}}}", f"\\sqrt{{{k * k * r}}}"),
+    root = f"\\sqrt{{{k * k * r}}}"
+    return [(s, s), (f"{k} \\sqrt{{{r}}}", s), (f"{k}\\sqrt{r}", s), (root, root),
             (f"\\frac{{\\sqrt{{{r}}}}}{{{k}}}", f"\\frac{{\\sqrt{{{r}}}}}{{{k}}}"),
             (f"\\dfrac{{\\sqrt{r}}}{{{k}}}", f"\\frac{{\\sqrt{{{r}}}}}{{{k}}}")]
 
