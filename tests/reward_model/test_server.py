@@ -178,7 +178,7 @@ def test_scoring_failure_is_a_500_line_and_server_survives(tiny_rm_dir):
         model_path, devices, max_batch, max_length = "m", ["cpu"], 1, 8
         calls = 0
 
-        def score(self, prompts, responses):
+        def score(self, prompts, responses, cancelled=None):
             Flaky.calls += 1
             if Flaky.calls == 1:
                 raise RuntimeError("CUDA out of memory\nlong trace")
@@ -231,7 +231,8 @@ def test_cli_serve_bad_args_exit_2(tmp_path, capsys):
         main(["serve", "--model", str(tmp_path / "none")])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        f"python -m evaluation.reward_model serve: error: --model {tmp_path / 'none'}: not a directory")
+        f"python -m evaluation.reward_model serve: error: --model {tmp_path / 'none'}: not a directory; expected a "
+        "directory written by `python -m evaluation.reward_model train`")
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--model", str(tmp_path), "--max-batch", "0"])
     assert exc.value.code == 2
