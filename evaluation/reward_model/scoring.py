@@ -38,22 +38,25 @@ def encode_truncated(tokenizer: Any, texts: Sequence[str], max_length: int = MAX
 
     A long text is cut to a character prefix first and only that is tokenized: the whole of a 20 MiB text took
     tens of seconds and gigabytes for 2,048 kept tokens. The prefix is accepted once it yields at least
-    `max_length + TRUNCATION_MARGIN` tokens, else it grows 4x, ending at the whole text. A cut can change only
-    the tokens next to it (pre-tokens are split by a regex that looks one character ahead, BPE merges within a
-    pre-token), so with TRUNCATION_MARGIN tokens between the kept ones and the cut the kept ids are those of the
-    whole text. The tokenizer's `truncation_side` is honoured (a left-truncating one keeps a suffix).
+    `max_length + TRUNCATION_MARGIN` tokens, else it grows 4x, ending at the whole text. A cut changes only the
+    tokens next to it: pre-tokens are split by a regex that looks one character ahead, and BPE merges within a
+    pre-token break ties leftmost first, so even in a giant pre-token (a 100k-letter word) the merges left of the
+    cut stand. With TRUNCATION_MARGIN tokens between the kept ones and the cut, the kept ids are those of the whole
+    text (tests/reward_model/test_truncation.py checks this on prose, code, CJK, emoji, runs and combining marks).
+    A left-truncating tokenizer gets the whole text tokenized: a suffix cut can shift BPE merges through a long run.
     """
     need = max_length + TRUNCATION_MARGIN
-    left = getattr(tokenizer, "truncation_side", "right") == "left"
+    if getattr(tokenizer, "truncation_side", "right") == "left":
+        return [tokens[-max_length:] for tokens in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     ids: list[list[int]] = [[] for _ in texts]
     pending, chars = list(range(len(texts))), need * CHARS_PER_TOKEN_GUESS
     while pending:
-        cuts = [texts[i][-chars:] if left else texts[i][:chars] for i in pending]
+        cuts = [texts[i][:chars] for i in pending]
         encoded = tokenizer(cuts, add_special_tokens=False)["input_ids"]
         retry = []
         for i, cut, tokens in zip(pending, cuts, encoded):
             if len(tokens) >= need or len(cut) == len(texts[i]):
-                ids[i] = tokens[-max_length:] if left else tokens[:max_length]
+                ids[i] = tokens[:max_length]
             else:
                 retry.append(i)
         pending, chars = retry, chars * 4

@@ -280,6 +280,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, max_
           dtype: str | None = None, cpu_threads: int | None = 1, log_level: str = "info",
           token: str | None = None) -> None:
     """Load the replicas (a bad --model raises ValueError before the port is bound) and serve until interrupted."""
+    check_model_dir(model)  # before the slow imports: a wrong --model fails at once
     import torch
     import uvicorn
 
@@ -288,7 +289,6 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, max_
         # On CPU the server shares the cores with the training run it scores for. Oversubscribed OpenMP threads
         # spin: on a busy 2-core box 2 threads ranged from 3x faster to 20x slower than 1, so 1 is the safe default.
         torch.set_num_threads(cpu_threads)
-    check_model_dir(model)
     try:
         scorer = RewardScorer(model, devices, max_batch=max_batch, dtype=dtype)
     except ValueError:
