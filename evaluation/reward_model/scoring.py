@@ -69,6 +69,7 @@ def score_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size:
 
     `cancelled()` is asked before each micro-batch; when it turns true, ScoringCancelled is raised."""
     import torch
+    from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 
     device = next(model.parameters()).device
     rewards: list[float] = []
@@ -76,7 +77,8 @@ def score_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size:
         if cancelled is not None and cancelled():
             raise ScoringCancelled(f"stopped after {start} of {len(texts)} texts")
         ids = encode_truncated(tokenizer, texts[start : start + batch_size], max_length)
-        enc = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(device)
+        enc = pad_without_fast_tokenizer_warning(tokenizer, {"input_ids": ids}, padding=True,
+                                                 return_tensors="pt").to(device)
         with torch.inference_mode():
             logits = model(**enc).logits
         rewards.extend(logits[:, 0].float().cpu().tolist())
