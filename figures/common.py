@@ -18,6 +18,9 @@ METRICS_PARQUET = "metrics.parquet"  # same rows as metrics.csv, for the fast fi
 RUNS_FILE = "runs.csv"
 EVAL_FILE = "eval.csv"
 DISTS_FILE = "next_token_dists.csv"
+# Where/when/how fast each run was made (commit, config hash, wall time, timings): the one archive file that a
+# deterministic rerun changes.
+PROVENANCE_FILE = "provenance.json"
 RUN_KEY = ("task", "size", "method", "seed")
 # The paper's methods first, in its order; any other method (a new baseline) follows alphabetically.
 METHOD_ORDER = ("ppo", "entropy", "kl_cov", "forking_tokens", "tre_k", "tre_p")
