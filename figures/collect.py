@@ -202,7 +202,7 @@ def _merge(path: Path, new: list[dict[str, Any]], columns: list[str], replaced: 
     # Text columns stay text: an all-digit commit or hash must not come back as a number and lose its zeros.
     text = {c: str for c in ("task", "size", "method", "metric", "provenance", "status", "val_metric", "profile",
                              "device", "run_dir", "split") if c in columns}
-    old = pd.read_csv(path, dtype=text, float_precision="round_trip") if path.is_file() else pd.DataFrame(columns=columns)
+    old = pd.read_csv(path, dtype=text) if path.is_file() else pd.DataFrame(columns=columns)
     if len(old):
         keys = list(zip(*(old[c] for c in (*RUN_KEY, "provenance"))))
         old = old[[tuple(k) not in replaced for k in keys]]
