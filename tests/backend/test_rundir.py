@@ -68,8 +68,8 @@ def test_config_record_fields():
     from tre.backend.profiles import RunSpec
 
     rec = rundir.config_record(RunSpec("math", "1.5b", "forking_tokens", seed=2), get_method("forking_tokens"), ["a=1"], {"k": 1})
-    assert set(rec) == {"task", "size", "method", "seed", "profile", "method_spec", "method_registry", "overrides",
-                        "resolved", "git_commit", "packages", "device", "created"}
+    assert set(rec) == {"task", "size", "method", "seed", "profile", "method_spec", "method_registry", "total_steps",
+                        "overrides", "resolved", "git_commit", "packages", "device", "created"}
     assert rec["method_spec"]["loss_params"] == {"forking_top_ratio": 0.2, "forking_scope": "micro_batch"}
     assert rec["device"] == "cpu" and rec["packages"]["verl"] == "0.4.1"
     json.dumps(rec)
@@ -94,6 +94,7 @@ def test_config_record_holds_the_entropy_coefficient_verl_applied():
     items = overrides(plain)
     rec = rundir.config_record(plain, get_method("tre_p"), items, resolve(compose(items)))
     assert rec["method_spec"] == rundir.method_record(get_method("tre_p")) and rec["method_registry"] == {}
+    assert rec["total_steps"] == 8  # the tiny profile's trainer.total_training_steps, for the launcher's "step i/N"
 
 
 def test_launches_sum_their_wall_times_and_skip_a_torn_line(tmp_path):

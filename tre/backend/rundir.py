@@ -226,6 +226,8 @@ def config_record(spec, method, overrides: list[str], resolved: Mapping[str, Any
         "profile": spec.profile,
         "method_spec": applied,
         "method_registry": replaced,  # e.g. {"entropy_coeff": 0.001} where the tiny grid applies 0.3
+        # the planned steps when the config fixes them (else verl derives them from data size x epochs): i of N
+        "total_steps": (resolved.get("trainer") or {}).get("total_training_steps"),
         "overrides": list(overrides),
         "resolved": resolved,
         "git_commit": git_commit(Path(__file__).resolve().parent),
