@@ -57,7 +57,8 @@ def draw(metrics: "pd.DataFrame") -> "Figure":
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), frameon=False)
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), frameon=False,
+                   handlelength=3.2)
     fig._tre_tight = False  # the layout above is final: save without the tight-bbox pass
     return fig
 

@@ -40,9 +40,9 @@ def caption(dists: "pd.DataFrame") -> str:
     seeds = sorted({int(s) for s in trained.get("seed", []) if s == s and s is not None})
     tre = dists.loc[dists["stage"] == "tre", "method"].dropna().unique() if "method" in dists else []
     variant = {"tre_p": f"p = {TOP_P} nucleus", "tre_k": f"top-{TOP_K}"}
-    what = ", ".join([*(f"seed {s}" for s in seeds),
-                      *(f"{method_label(m)} ({variant[m]})" if m in variant else method_label(m) for m in tre if m)])
-    lines = ["Next-token distribution of the tiny policy" + (f" ({what})" if what else "")]
+    what = [*(f"runs of seed {s}" for s in seeds),
+            *(f"TRE variant {method_label(m)}" + (f" ({variant[m]})" if m in variant else "") for m in tre if m)]
+    lines = [" · ".join(["Next-token distribution of the tiny policy", *what])]
     prompt, prefix = _text(first.get("prompt")), _text(first.get("response_prefix"))
     if prompt:
         lines += textwrap.wrap(f"Prompt: “{prompt}”" + (f", response so far: “{prefix}”" if prefix else ""), 90)

@@ -120,7 +120,18 @@ def test_figure1_from_a_dists_table(tmp_path):
                            "Pre-trained (mass beyond boundary 0.000)", "After PPO + entropy (mass beyond boundary 0.000)",
                            "After TRE (mass beyond boundary 0.000)"]
     assert figure1.tail_mass(pd.DataFrame(dist_rows("e", "e", "c", [0.3, 0.2, 0.2, 0.15, 0.15], 5, 5)), 2) == pytest.approx(0.5)
+    assert ax.get_title() == "Next-token distribution of the tiny policy"  # no runs named: nothing claimed
     _check_files(figure1.build(results, tmp_path / "out"), "figure1")
+
+
+def test_figure1_title_names_the_prompt_the_seed_and_the_tre_variant():
+    run = dict(prompt="What is $4 - 0$?", response_prefix="$4 - 0 =")
+    rows = (dist_rows("base", "models/tiny/warm", "c", [0.6, 0.4], 2, 2, **run)
+            + dist_rows("entropy", "e", "c", [0.5, 0.5], 2, 2, method="entropy", seed=1, **run)
+            + dist_rows("tre", "t", "c", [0.7, 0.3], 2, 2, method="tre_k", seed=1, **run))
+    title = figure1.draw(pd.DataFrame(rows)).axes[0].get_title()
+    assert title == ("Next-token distribution of the tiny policy · runs of seed 1 · TRE variant TRE-K (top-2)\n"
+                     "Prompt: “What is \\$4 - 0\\$?”, response so far: “\\$4 - 0 =”")  # '$' shown, not mathtext
 
 
 def test_missing_archive_names_the_file_and_the_command(tmp_path):
