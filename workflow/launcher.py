@@ -781,6 +781,8 @@ def _wait_and_record(spec: StepSpec, job: submitit.Job, cluster: str, record: di
             if error is not None:
                 raise error
         results = job.results()
+        if progress:
+            progress.poll()  # the debug executor ran the step inside results(): its last step shows now
     except KeyboardInterrupt:
         raise
     except Exception as e:
