@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import math
 import os
 import shlex
 import shutil
@@ -727,12 +728,91 @@ def attach(spec: StepSpec, cluster: str, state_of: Callable[[str], str] = slurm_
     return None
 
 
-def _wait(job: submitit.Job, cluster: str, poll_s: float = 1.0, force_every_s: float = 15.0) -> None:
+PROGRESS_FD_ENV = "TRE_PROGRESS_FD"  # a rule's shell keeps the terminal on this fd while the launcher's output goes to its log
+
+
+class StepProgress:
+    """Prints `<name> <run>: step i/N` to the driving terminal as a training job's metrics.jsonl grows (throttled).
+
+    Reads only the new bytes of metrics.jsonl (one line per step) and config.json's total_steps, so it costs the
+    wait loop nothing and works for any executor whose run directory the driver can see (local, shared-FS Slurm).
+    """
+
+    def __init__(self, label: str, run_dir: Path, every_s: float = 10.0, stream=None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.label, self.run_dir, self.every_s, self.clock = label, Path(run_dir), every_s, clock
+        self.stream = stream if stream is not None else _progress_stream()
+        self.offset, self.step, self.shown, self.last_print = 0, 0, 0, -math.inf
+        self.total: Optional[int] = None
+
+    @classmethod
+    def for_step(cls, spec: "StepSpec") -> Optional["StepProgress"]:
+        """A watcher for a step whose command trains into `--run-dir DIR`, else None."""
+        argv = list(spec.argv)
+        run_dir = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--run-dir"), None)
+        run_dir = run_dir or next((a.split("=", 1)[1] for a in argv if a.startswith("--run-dir=")), None)
+        if run_dir is None:
+            return None
+        path = Path(run_dir) if Path(run_dir).is_absolute() else Path(spec.cwd or os.getcwd()) / run_dir
+        return cls(f"{spec.name} {Path(run_dir).as_posix().removeprefix('runs/')}", path)
+
+    def _read(self) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            size = path.stat().st_size
+            if size < self.offset:  # rewritten shorter: a resumed run truncated past its checkpoint
+                self.offset, self.step, self.shown = 0, 0, 0
+            with open(path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read(size - self.offset)
+        except OSError:
+            return
+        done = chunk.rfind(b"\n") + 1  # a torn last line is read again next time, whole
+        self.offset += done
+        for line in chunk[:done].splitlines():
+            try:
+                self.step = max(self.step, int(json.loads(line).get("step", 0)))
+            except (ValueError, TypeError, AttributeError):
+                continue
+        if self.total is None:
+            try:
+                total = json.loads((self.run_dir / "config.json").read_text()).get("total_steps")
+                self.total = int(total) if total else None
+            except (OSError, ValueError, TypeError, AttributeError):
+                pass
+
+    def poll(self) -> None:
+        """Print the latest step if it moved and `every_s` has passed (the last step always)."""
+        self._read()
+        now = self.clock()
+        if self.step > self.shown and (now - self.last_print >= self.every_s or self.step == self.total):
+            of = f"/{self.total}" if self.total else ""
+            try:
+                print(f"{self.label}: step {self.step}{of}", file=self.stream, flush=True)
+            except (OSError, ValueError):  # the terminal went away; the job goes on
+                return
+            self.shown, self.last_print = self.step, now
+
+
+def _progress_stream():
+    """The driving terminal: the fd named by $TRE_PROGRESS_FD when the rule kept one open, else stderr."""
+    fd = os.environ.get(PROGRESS_FD_ENV, "")
+    if fd.isdigit():
+        try:
+            return os.fdopen(int(fd), "w", closefd=False)
+        except OSError:
+            pass
+    return sys.stderr
+
+
+def _wait(job: submitit.Job, cluster: str, poll_s: float = 1.0, force_every_s: float = 15.0,
+          on_poll: Callable[[], None] = lambda: None) -> None:
     if cluster == "debug":
         return  # the debug executor runs the step inside result()
     if cluster == "local" and getattr(job, "_process", None) is None:
         # a re-attached local job: its process is not ours, so follow its pid
         while _pid_alive(int(job.job_id)):
+            on_poll()
             time.sleep(poll_s)
         return
     last_force = time.monotonic()
@@ -741,7 +821,9 @@ def _wait(job: submitit.Job, cluster: str, poll_s: float = 1.0, force_every_s: f
         if force:
             last_force = time.monotonic()
         if job.done(force_check=force):
+            on_poll()
             return
+        on_poll()
         time.sleep(poll_s)
 
 
@@ -781,14 +863,17 @@ def launch(spec: StepSpec) -> dict[str, Any]:
 
 def _wait_and_record(spec: StepSpec, job: submitit.Job, cluster: str, record: dict[str, Any],
                      started: float) -> dict[str, Any]:
+    progress = StepProgress.for_step(spec)
     try:
-        _wait(job, cluster)
+        _wait(job, cluster, on_poll=progress.poll if progress else (lambda: None))
         if cluster == "debug":
             # DebugJob.results() opens pdb on an error; exception() runs the step without that detour
             error = job.exception()
             if error is not None:
                 raise error
         results = job.results()
+        if progress:
+            progress.poll()  # the debug executor ran the step inside results(): its last step shows now
     except KeyboardInterrupt:
         raise
     except Exception as e:

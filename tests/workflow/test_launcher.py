@@ -290,3 +290,68 @@ def test_ray_record_is_owner_only_and_holds_no_secret(tmp_path, monkeypatch):
     assert env["RAY_AUTH_TOKEN"] == L.derived_secret("d4" * 32, "ray-0") != "d4" * 32
     assert env["REWARD_SERVER_TOKEN"] == L.derived_secret("d4" * 32, "reward-server")
     assert stat.S_IMODE((tmp_path / "rendezvous-ray-head-0.json").stat().st_mode) == 0o600
+
+
+def _metric_lines(path: Path, steps) -> None:
+    with open(path, "a") as f:
+        f.writelines(json.dumps({"step": s, "actor/pg_loss": 0.1}) + "\n" for s in steps)
+
+
+def test_step_progress_prints_step_i_of_n_throttled(tmp_path):
+    import io
+
+    run = tmp_path / "runs" / "math" / "tiny" / "tre_k" / "seed0"
+    run.mkdir(parents=True)
+    now = [0.0]
+    out = io.StringIO()
+    p = L.StepProgress("train math/tiny/tre_k/seed0", run, every_s=10.0, stream=out, clock=lambda: now[0])
+    p.poll()  # nothing written yet
+    (run / "config.json").write_text(json.dumps({"total_steps": 16}))
+    _metric_lines(run / "metrics.jsonl", [0])
+    p.poll()  # step 0 is the validation before training: no progress yet
+    _metric_lines(run / "metrics.jsonl", range(1, 6))
+    p.poll()
+    now[0] = 3.0
+    _metric_lines(run / "metrics.jsonl", [6, 7])
+    p.poll()  # throttled: 3 s after the last line
+    now[0] = 12.0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "actor/pg')  # a line being written
+    p.poll()
+    # a resumed run rewrites the file shorter (truncated to its checkpoint) and goes on
+    (run / "metrics.jsonl").write_text("")
+    _metric_lines(run / "metrics.jsonl", [0, 1, 2, 3, 4])
+    now[0] = 30.0
+    p.poll()
+    now[0] = 31.0
+    _metric_lines(run / "metrics.jsonl", range(5, 17))
+    p.poll()  # the last step is always shown
+    p.poll()
+    assert out.getvalue().splitlines() == ["train math/tiny/tre_k/seed0: step 5/16", "train math/tiny/tre_k/seed0: step 7/16",
+                                           "train math/tiny/tre_k/seed0: step 4/16", "train math/tiny/tre_k/seed0: step 16/16"]
+
+
+def test_step_progress_only_for_steps_with_a_run_dir(tmp_path):
+    spec = L.StepSpec(name="train", log_dir=tmp_path, cwd=str(tmp_path),
+                      argv=[PY, "-m", "tre.backend", "train", "--run-dir", "runs/math/tiny/ppo/seed1", "--seed", "1"])
+    p = L.StepProgress.for_step(spec)
+    assert (p.label, p.run_dir) == ("train math/tiny/ppo/seed1", tmp_path / "runs/math/tiny/ppo/seed1")
+    assert L.StepProgress.for_step(L.StepSpec(name="evaluate", log_dir=tmp_path, argv=["x", "evaluate", "runs/a"])) is None
+
+
+def test_training_progress_reaches_the_driving_terminal_not_only_the_log(tmp_path):
+    # The rule's shell gives the launcher the terminal on fd 3 (TRE_PROGRESS_FD) and its log on stdout/stderr.
+    step = ("d=runs/math/tiny/tre_k/seed0; mkdir -p $d; echo '{\"total_steps\": 3}' > $d/config.json; "
+            "for s in 0 1 2 3; do echo \"{\\\"step\\\": $s}\" >> $d/metrics.jsonl; sleep 0.3; done")
+    r, w = os.pipe()
+    proc = subprocess.run([PY, "-m", "workflow.launcher", "run", "--name", "train", "--log-dir", "logs/train/x",
+                           "--cluster", "local", "--", "bash", "-c", step, "_", "--run-dir", "runs/math/tiny/tre_k/seed0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, pass_fds=(w,),
+                          env={**os.environ, L.PROGRESS_FD_ENV: str(w)})
+    os.close(w)
+    with os.fdopen(r) as f:
+        terminal = f.read().splitlines()
+    assert proc.returncode == 0, proc.stderr
+    assert terminal and terminal[-1] == "train math/tiny/tre_k/seed0: step 3/3"
+    assert all(line.startswith("train math/tiny/tre_k/seed0: step ") for line in terminal)
+    assert "step 3/3" not in proc.stderr + proc.stdout  # the log keeps the launcher's own lines
