@@ -68,7 +68,8 @@ def method_table(cache_dir: Optional[Path] = None) -> dict[str, dict[str, Any]]:
 def load_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from path."""
     with open(path) as f:
-        data = yaml.safe_load(f)
+        # libyaml's loader where PyYAML has it: the schema and a grid file are read at every `snakemake -n`
+        data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a mapping")
     return data
