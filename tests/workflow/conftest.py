@@ -11,7 +11,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "Snakefile"
-SLURM_PROFILE = REPO / "profiles" / "slurm"
 CLUSTER_SH = REPO / "workflow" / "slurm" / "cluster.sh"
 STANDINS = Path(__file__).resolve().parent / "standins"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
