@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -138,14 +138,15 @@ def _publish(files: dict[str, bytes], figure: "Figure", out_dir: Path) -> list[P
     """Write files and the figure into a temporary directory next to out_dir, then move them into out_dir.
 
     Nothing reaches out_dir unless every output was written; other files already in out_dir stay."""
-    from figures.common import save_figure
+    from figures.common import atomic_write_bytes, save_figure
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    tmp = out_dir.parent / f".{out_dir.name}-{uuid.uuid4().hex[:12]}.tmp"
+    tmp.mkdir()  # not mkdtemp: its 0700 would become out_dir's mode
     try:
         for name, data in files.items():
-            (tmp / name).write_bytes(data)
+            atomic_write_bytes(tmp / name, data)
         names = [*files, *(p.name for p in save_figure(figure, tmp, f"{NAME}_curves"))]
         if not out_dir.exists():
             os.rename(tmp, out_dir)

@@ -128,3 +128,6 @@ def test_compare_writes_nothing_unless_every_output_is_made(archive, tmp_path, m
     assert (out / "notes.txt").read_text() == "mine\n" and res.paths[0] == out / "compare.csv"
     assert pd.read_csv(out / "compare.csv")["method"].tolist() == ["my_baseline"] * 4
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".cmp")) == []
+    compare.run(new, archive, tmp_path / "fresh")  # a new out dir is the temp dir renamed: it gets a plain dir's mode
+    (tmp_path / "plain").mkdir()
+    assert (tmp_path / "fresh").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
