@@ -57,7 +57,7 @@ def _banner(proc: subprocess.CompletedProcess) -> str:
     return next(line for line in proc.stderr.splitlines() if line.startswith("TRE workflow: "))
 
 
-def test_profiles_select_grid_and_cluster_and_the_command_line_adds_to_them():
+def test_profiles_select_grid_and_cluster_and_the_command_line_adds_to_them(tmp_path):
     bare = _dry(["all"])  # no --cores: the workflow profile profiles/default gives them
     assert bare.returncode == 0, bare.stderr
     assert "Using workflow specific profile profiles/default" in bare.stderr
@@ -67,6 +67,9 @@ def test_profiles_select_grid_and_cluster_and_the_command_line_adds_to_them():
     # a --config or a --configfile on the command line replaces the profile's own list of either kind
     site = _dry(["--profile", "slurm", "all", "--config", "launcher={partition: gpu}"])
     assert _banner(site) == "TRE workflow: grid paper (profile paper), 108 runs, heavy steps through the launcher on slurm"
+    (tmp_path / "site.yaml").write_text("seeds: [0]\n")
+    site = _dry(["--profile", "slurm", "all", "--configfile", str(tmp_path / "site.yaml")])
+    assert _banner(site) == "TRE workflow: grid paper (profile paper), 36 runs, heavy steps through the launcher on slurm"
     local = _dry(["--profile", "profiles/local", "all"])
     assert _banner(local).endswith("heavy steps through the launcher on local")
 
