@@ -75,7 +75,14 @@ def cmd_compare(argv: list[str]) -> int:
     """Compare new runs against the archive."""
     from figures import compare
 
-    p = argparse.ArgumentParser(prog="python -m figures compare", description="Compare new runs with the archived methods.")
+    p = argparse.ArgumentParser(
+        prog="python -m figures compare",
+        description="Compare new runs with the archived methods: every method under --runs against PPO, TRE-K and TRE-P "
+                    "(Welch 95 % CIs and t-tests over seeds), and the curves next to the archived methods. Where they "
+                    "share cells, the new run wins: a run under --runs replaces the archived run of the same task, size, "
+                    "method and seed, and the other archived seeds stay (the runs `collect` would archive); the source "
+                    "and ref_source columns say where each side's seeds came from (runs, archive or runs+archive). The "
+                    "outputs are written only when all of them are made.")
     p.add_argument("--runs", type=Path, required=True, help="directory of the new runs (<task>/<size>/<method>/seed<k>/)")
     p.add_argument("--against", type=Path, default=RESULTS_DIR, help="the archive to compare with (default: results)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: <against>/compare)")

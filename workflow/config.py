@@ -68,7 +68,8 @@ def method_table(cache_dir: Optional[Path] = None) -> dict[str, dict[str, Any]]:
 def load_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from path."""
     with open(path) as f:
-        data = yaml.safe_load(f)
+        # libyaml's loader where PyYAML has it: the schema and a grid file are read at every `snakemake -n`
+        data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a mapping")
     return data
@@ -151,13 +152,78 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"config: sizes: {bad!r} needs profile 'paper' (profile 'tiny' runs size 'tiny' only)")
 
 
+# ------------------------------------------------------------------------------------ --config values
+
+_JSON_TYPES: dict[str, Any] = {
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "string": lambda v: isinstance(v, str),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, Mapping),
+}
+
+
+def _subschema(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """schema with its local $ref ("#/$defs/...") followed."""
+    while isinstance(schema, Mapping) and isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#/"):
+        target: Any = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        schema = target
+    return schema if isinstance(schema, Mapping) else {}
+
+
+def _scalar_from_text(text: str, types: Sequence[str]) -> Any:
+    """text read as a YAML scalar when that gives one of `types` (and a float like 2e-4 for number), else text."""
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        parsed = text
+    if isinstance(parsed, str) and "number" in types:
+        try:
+            parsed = float(text)  # YAML 1.1 reads 2e-4 (no dot) as a string
+        except ValueError:
+            pass
+    return parsed if any(_JSON_TYPES[t](parsed) for t in types if t in _JSON_TYPES) else text
+
+
+def coerce(value: Any, schema: Mapping[str, Any], root: Optional[Mapping[str, Any]] = None) -> Any:
+    """value with every string that the schema types as number, integer, boolean or null read as YAML.
+
+    Snakemake reads `--config key=VALUE` with YAML's BaseLoader, so inside lists and mappings every scalar arrives
+    as a string ('seeds=[0,1]' gives ['0', '1']) and a lone `true` stays 'true'; this gives them the types a
+    --configfile would. A string that reads as none of the allowed types is left for validation to name."""
+    root = schema if root is None else root
+    schema = _subschema(schema, root)
+    if isinstance(value, Mapping):
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        return {k: coerce(v, props[k] if k in props else (extra if isinstance(extra, Mapping) else {}), root)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [coerce(v, items if isinstance(items, Mapping) else {}, root) for v in value]
+    if isinstance(value, str):
+        types = schema.get("type")
+        types = [types] if isinstance(types, str) else list(types or [])
+        if types and types != ["string"]:
+            return _scalar_from_text(value, types)
+    return value
+
+
 def resolve(user: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
-    """The effective config: the grid's base file (tiny unless user sets grid) updated by the user's keys."""
+    """The effective config: the grid's base file (tiny unless user sets grid) updated by the user's keys.
+
+    The user's values are first read against the schema (`coerce`), so `--config` strings get the schema's types."""
+    schema = load_yaml(config_dir / "schema.yaml")
+    user = coerce(user, schema)
     grid = user.get("grid", "tiny")
     if grid not in GRIDS:
         raise ConfigError(f"config: grid: {grid!r} is not one of {', '.join(GRIDS)}")
     config = deep_merge(load_yaml(config_dir / f"{grid}.yaml"), user)
-    validate(config, load_yaml(config_dir / "schema.yaml"))
+    validate(config, schema)
     return config
 
 

@@ -1,8 +1,7 @@
-"""Hand-made run directories in the backend's contract format, for the figures tests."""
+"""Run directories written through the backend's run-directory writers, for the figures tests."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -13,28 +12,25 @@ VAL = {"math": "val-core/math/reward/mean@1", "countdown": "val-core/countdown/r
 
 def write_run(root: Path, task: str, size: str, method: str, seed: int, val: dict[int, float],
               train: Optional[dict[int, dict[str, float]]] = None, summary: bool = True) -> Path:
-    """One run dir: config.json, metrics.jsonl (val rows + train rows), summary.json."""
+    """One run dir through the backend's own writers: config.json, metrics.jsonl (val + train rows), launches.jsonl
+    and a summary.json composed as `tre.backend.launch.train` composes it."""
+    from tre.backend import rundir
+
     d = root / task / size / method / f"seed{seed}"
     d.mkdir(parents=True)
     config = {"task": task, "size": size, "method": method, "seed": seed, "profile": "tiny",
               "method_spec": {"name": method}, "overrides": [f"trainer.seed={seed}"], "resolved": {"x": 1},
               "git_commit": "abc123", "packages": {"torch": "2.13.0"}, "device": "cpu", "created": "2026-11-24T00:00:00Z"}
-    (d / "config.json").write_text(json.dumps(config))
-    steps = sorted(set(val) | set(train or {}))
-    with (d / "metrics.jsonl").open("w") as f:
-        for s in steps:
-            row = {"step": s}
-            row.update((train or {}).get(s, {}))
-            if s in val:
-                row[VAL[task]] = val[s]
-            f.write(json.dumps(row) + "\n")
+    rundir.atomic_write_json(d / rundir.CONFIG, config)
+    log = rundir.MetricsLog(d / rundir.METRICS)
+    for s in sorted(set(val) | set(train or {})):
+        log.log({**(train or {}).get(s, {}), **({VAL[task]: val[s]} if s in val else {})}, step=s)
     if summary:
-        final = val[max(val)]
-        best = max(val.values())
-        (d / "summary.json").write_text(json.dumps({
-            "task": task, "size": size, "method": method, "seed": seed, "val_metric": VAL[task],
-            "final_val_score": final, "best_val_score": best, "best_step": min(s for s in val if val[s] == best),
-            "steps": max(steps), "wall_time_s": 10.0 + seed, "status": "completed"}))
+        rundir.record_launch(d, start_step=0, wall_time_s=10.0 + seed, status="completed")
+        rows = rundir.read_metrics(d / rundir.METRICS)
+        rundir.atomic_write_json(d / rundir.SUMMARY, {
+            "task": task, "size": size, "method": method, "seed": seed, **rundir.summarize(rows, VAL[task]),
+            "wall_time_s": rundir.total_wall_time(d), "launches": len(rundir.read_launches(d)), "status": "completed"})
     return d
 
 

@@ -56,4 +56,4 @@ def test_compare_cli(archive, tmp_path, make_run, capsys):
     make_run(tmp_path / "new", "countdown", "tiny", "clip_cov", 0, {0: 0.0, 2: 0.3})
     assert main(["compare", "--runs", str(tmp_path / "new"), "--against", str(archive), "--out", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
-    assert "| Countdown · tiny | clip_cov | final | 0.300 ± – (n=1) | PPO | 0.200 (n=2) | +0.100 | – |" in out
+    assert "| Countdown · tiny | clip_cov | final | 0.300 ± – (n=1, runs) | PPO | 0.200 (n=2, archive) | +0.100 | – |" in out

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SNAKEFILE = REPO / "workflow" / "Snakefile"
+SNAKEFILE = REPO / "Snakefile"
 CLUSTER_SH = REPO / "workflow" / "slurm" / "cluster.sh"
 STANDINS = Path(__file__).resolve().parent / "standins"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]

@@ -179,3 +179,45 @@ def test_artefact_outputs():
     assert wfc.artefact_outputs("table_final") == ["results/tables/table_final.csv", "results/tables/table_final.md",
                                                    "results/tables/table_final.tex"]
     assert wfc.artefact_outputs("curves") == ["results/figures/curves.pdf", "results/figures/curves.png"]
+
+
+def _cli(*entries: str) -> dict:
+    """What Snakemake's own --config parser hands the workflow for these KEY=VALUE entries."""
+    from snakemake.cli import parse_config
+
+    return parse_config(list(entries))
+
+
+def test_config_cli_values_get_the_schemas_types():
+    assert _cli("archive_only=true", "seeds=[0,1]", "eval={n: 4}") == {
+        "archive_only": "true", "seeds": ["0", "1"], "eval": {"n": "4"}}  # what Snakemake gives: strings
+    cfg = wfc.resolve(_cli("archive_only=true", "seeds=[0,1]", "eval={n: 4, lm_eval: null, step: 3}"))
+    assert cfg["archive_only"] is True and cfg["seeds"] == [0, 1]
+    assert cfg["eval"] == {"n": 4, "step": 3, "lm_eval": None}
+    cfg = wfc.resolve(_cli("grid=paper", "launcher={cluster: slurm, partition: null, account: '123'}",
+                           "resources={train: {7b: {mem_gb: 1.5, timeout_min: 10, setup: [module load x]}}}",
+                           "warm_start={base: models/tiny/policy, lr: 2e-4, plain_fraction: 0.5}",
+                           "figure1={size: 7b, seed: 1}", "tiny_model={vocab_size: 8192}", "sizes=[1.5b,7b]"))
+    assert cfg["launcher"] == {"cluster": "slurm", "partition": None, "account": "123"}
+    assert cfg["resources"]["train"]["7b"]["mem_gb"] == 1.5 and cfg["resources"]["train"]["7b"]["timeout_min"] == 10
+    assert cfg["resources"]["train"]["7b"]["setup"] == ["module load x"]
+    assert cfg["warm_start"]["lr"] == 2e-4 and cfg["warm_start"]["plain_fraction"] == 0.5
+    assert cfg["figure1"]["size"] == "7b" and cfg["figure1"]["seed"] == 1 and cfg["tiny_model"]["vocab_size"] == 8192
+    assert cfg["sizes"] == ["1.5b", "7b"]
+    assert wfc.resolve(_cli("archive_only=True"))["archive_only"] is True
+    assert wfc.resolve(_cli("warm_start=null", "models={tiny: {policy: models/tiny/policy}}"))["warm_start"] is None
+
+
+@pytest.mark.parametrize("entries, message", [
+    (["archive_only=maybe"], "config: archive_only: 'maybe' is not of type 'boolean'"),
+    (["archive_only=1"], "config: archive_only: 1 is not of type 'boolean'"),
+    (["seeds=[0,a]"], "config: seeds.1: 'a' is not of type 'integer'"),
+    (["seeds=[0.5]"], "config: seeds.0: '0.5' is not of type 'integer'"),
+    (["eval={n: four}"], "config: eval.n: 'four' is not of type 'integer'"),
+    (["eval={n: 0}"], "config: eval.n: 0 is less than the minimum of 1"),
+    (["tasks=[maths]"], "config: tasks.0: 'maths' is not one of math, countdown, hh"),
+])
+def test_wrong_config_cli_values_are_one_line(entries, message):
+    with pytest.raises(wfc.ConfigError) as e:
+        wfc.resolve(_cli(*entries))
+    assert str(e.value) == message

@@ -19,6 +19,7 @@ from workflow import launcher as L
 pytestmark = pytest.mark.slurm
 PY = sys.executable
 COUNTER = Path(__file__).resolve().parent / "standins" / "counter.py"
+SLURM_PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "slurm"  # what `--profile slurm` finds at the root
 
 
 def sacct(job_id: str) -> list[str]:
@@ -29,12 +30,14 @@ def sacct(job_id: str) -> list[str]:
 
 
 def test_tiny_pipeline_end_to_end_through_slurm(slurm_cluster, standin_workdir, snakemake):
+    """The slurm profile as a cluster user runs it, tried with the tiny grid (`--config grid=tiny`): the profile
+    still sends every heavy step to Slurm, and the --config values arrive as Snakemake passes them (strings)."""
     work = standin_workdir
-    cfg = {"tasks": ["countdown", "hh"], "methods": ["ppo", "tre_k"], "seeds": [0], "figures": ["curves"],
-           "launcher": {"cluster": "slurm"}, "resources": {"train": {"tiny": {"mem_gb": 1}}}}
-    (work / "cfg.json").write_text(json.dumps(cfg))
-    proc = snakemake(work, "all", "--configfile", "cfg.json", timeout=400)
+    proc = snakemake(work, "all", "--profile", str(SLURM_PROFILE), "--config", "grid=tiny", "tasks=[countdown,hh]",
+                     "methods=[ppo,tre_k]", "seeds=[0]", "figures=[curves]", "resources={train: {tiny: {mem_gb: 1}}}",
+                     timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TRE workflow: grid tiny (profile tiny), 4 runs, heavy steps through the launcher on slurm" in proc.stderr
     records = [json.loads(p.read_text()) for p in sorted((work / "logs").rglob("job.json"))]
     assert sorted(r["name"] for r in records) == ["evaluate"] * 4 + ["rm_train"] + ["train"] * 4
     for rec in records:

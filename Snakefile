@@ -1,8 +1,8 @@
 """The TRE workflow: data -> tiny model / reward model -> PPO runs -> evaluation -> results tables -> figures.
 
-`snakemake all` runs the tiny CPU grid (workflow/config/tiny.yaml) with workflow/profiles/default;
-`snakemake --profile slurm all --config grid=paper` the paper grid on a Slurm cluster. Heavy steps go
-through workflow/launcher.py (submitit), light ones run where Snakemake runs.
+`snakemake all` runs the tiny CPU grid (workflow/config/tiny.yaml) with the workflow profile profiles/default;
+`snakemake --profile slurm all` the paper grid (workflow/config/paper.yaml) on a Slurm cluster. The rules are in
+workflow/rules/. Heavy steps go through workflow/launcher.py (submitit), light ones run where Snakemake runs.
 """
 import json
 import os
@@ -45,8 +45,8 @@ rule all:
     default_target: True
 
 
-include: "rules/common.smk"
-include: "rules/data.smk"
-include: "rules/reward.smk"
-include: "rules/train.smk"
-include: "rules/results.smk"
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/reward.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/results.smk"
