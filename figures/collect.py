@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 if TYPE_CHECKING:
     import pandas as pd
 
-from figures.common import EVAL_FILE, METRICS_FILE, METRICS_PARQUET, RUN_KEY, RUNS_FILE, atomic_write_bytes, atomic_write_text
+from figures.common import (EVAL_FILE, METRICS_FILE, METRICS_PARQUET, RUN_KEY, RUNS_FILE, atomic_write_bytes,
+                            atomic_write_text, read_table)
 
 METRIC_COLUMNS = [*RUN_KEY, "step", "metric", "value", "git_commit", "config_hash", "provenance"]
 RUN_COLUMNS = [*RUN_KEY, "status", "val_metric", "final_val_score", "best_val_score", "best_step", "last_step",
@@ -166,14 +167,23 @@ def find_run_dirs(runs_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def _merge(path: Path, new: list[dict[str, Any]], columns: list[str], replaced: set[tuple], sort: list[str]) -> "pd.DataFrame":
-    """Rewrite one CSV table: old rows minus the runs being re-collected, plus the new rows; sorted, atomic."""
+def _old_table(results: Path, name: str, columns: list[str]) -> "pd.DataFrame":
+    """The archive's current table (empty when absent); ArchiveError when it is unreadable or lacks a column."""
     import pandas as pd
 
+    if not (Path(results) / name).is_file():
+        return pd.DataFrame(columns=columns)
     # Text columns stay text: an all-digit commit or hash must not come back as a number and lose its zeros.
     text = {c: str for c in ("task", "size", "method", "metric", "git_commit", "config_hash", "provenance", "status",
                              "val_metric", "profile", "device", "run_dir", "split") if c in columns}
-    old = pd.read_csv(path, dtype=text) if path.is_file() else pd.DataFrame(columns=columns)
+    return read_table(results, name, columns, dtype=text)
+
+
+def _merge(path: Path, old: "pd.DataFrame", new: list[dict[str, Any]], columns: list[str], replaced: set[tuple],
+           sort: list[str]) -> "pd.DataFrame":
+    """Rewrite one CSV table: old rows minus the runs being re-collected, plus the new rows; sorted, atomic."""
+    import pandas as pd
+
     if len(old):
         keys = list(zip(*(old[c] for c in (*RUN_KEY, "provenance"))))
         old = old[[tuple(k) not in replaced for k in keys]]
@@ -210,13 +220,16 @@ def collect(runs_dir: Path, results: Path, provenance: Optional[str] = None) -> 
         return report
     replaced = set(seen)
     order = ["provenance", "task", "size", "method", "seed"]
-    _merge(results / RUNS_FILE, [d.run for d in datas], RUN_COLUMNS, replaced, order)
-    metrics = _merge(results / METRICS_FILE, [r for d in datas for r in d.metrics], METRIC_COLUMNS, replaced,
-                     [*order, "step", "metric"])
+    # Every existing table is read (and checked) before any is rewritten: a broken archive is left as it was.
+    old = {name: _old_table(results, name, cols) for name, cols in
+           ((RUNS_FILE, RUN_COLUMNS), (METRICS_FILE, METRIC_COLUMNS), (EVAL_FILE, EVAL_COLUMNS))}
+    _merge(results / RUNS_FILE, old[RUNS_FILE], [d.run for d in datas], RUN_COLUMNS, replaced, order)
+    metrics = _merge(results / METRICS_FILE, old[METRICS_FILE], [r for d in datas for r in d.metrics], METRIC_COLUMNS,
+                     replaced, [*order, "step", "metric"])
     buf = io.BytesIO()
     metrics.to_parquet(buf, index=False)
     atomic_write_bytes(results / METRICS_PARQUET, buf.getvalue())
     report.metric_rows = len(metrics)
-    report.eval_rows = len(_merge(results / EVAL_FILE, [r for d in datas for r in d.evals], EVAL_COLUMNS, replaced,
-                                  [*order, "step", "split", "metric"]))
+    report.eval_rows = len(_merge(results / EVAL_FILE, old[EVAL_FILE], [r for d in datas for r in d.evals], EVAL_COLUMNS,
+                                  replaced, [*order, "step", "split", "metric"]))
     return report

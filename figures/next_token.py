@@ -65,9 +65,9 @@ def next_token_probs(model_dir: str, context: str) -> tuple[list[float], int]:
 
 def prompt_from_parquet(path: Path, index: int = 0) -> list[dict[str, str]]:
     """The chat messages of row `index` of a verl RLHFDataset parquet (column 'prompt')."""
-    import pyarrow.parquet as pq
+    from evaluation.files import read_parquet
 
-    table = pq.read_table(path, columns=["prompt"])
+    table = read_parquet(path, "--prompt-file", columns=["prompt"])
     if index >= table.num_rows:
         raise ValueError(f"--prompt-index: {path} has {table.num_rows} rows, got {index}")
     return list(table.column("prompt")[index].as_py())

@@ -60,9 +60,10 @@ def test_cli_trains_deterministically_and_lowers_the_loss(tmp_path, data, tiny_m
 
 
 def test_bad_input_is_one_line_and_keeps_the_previous_output(tmp_path, data, tiny_model, capsys):
-    out = tmp_path / "warm"
+    out = tmp_path / "warm"  # an earlier warm start's output: replaced by a good run, kept by a bad one
     out.mkdir()
     (out / "keep.txt").write_text("previous")
+    (out / warm_start.RECORD).write_text("{}")
     cases = [
         (["--model", str(tiny_model), "--data", str(data / "hh" / "train.parquet")],
          "error: data: task hh ({}) has no demonstrations; the warm start supports math and countdown\n"
