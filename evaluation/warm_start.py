@@ -185,7 +185,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--model", required=True, type=Path, metavar="DIR", help="base policy directory (HF format)")
     parser.add_argument("--data", required=True, nargs="+", type=Path, metavar="PARQUET",
                         help="prepared train parquet(s) of math and/or countdown (python -m evaluation.tasks prepare)")
-    parser.add_argument("--out", required=True, type=output_dir, metavar="DIR", help="where the warm-started policy goes")
+    parser.add_argument("--out", required=True, type=output_dir, metavar="DIR",
+                        help="where the warm-started policy goes: a new or empty directory, or an earlier warm start's "
+                             f"output (it has {RECORD}), replaced only once the new one is saved")
     parser.add_argument("--steps", type=int_at_least(1), default=defaults.steps, help=f"optimiser steps ({defaults.steps})")
     parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate ({defaults.lr})")
     parser.add_argument("--batch-size", type=int_at_least(1), default=defaults.batch_size,
