@@ -120,7 +120,9 @@ class Case:
     argv: list[str]
     names: str  # the input the error line must name
     setup: Optional[Callable[[Path], None]] = None
-    needs_model: bool = field(default=False)  # argv's {model} is a real tiny policy (the old code trains with it)
+    # argv's {model} is a real tiny policy, and runs/real a run whose checkpoint it is (the old code gets further)
+    needs_model: bool = field(default=False)
+    needs_cpu_only: bool = field(default=False)  # the input is bad only on a machine without a GPU
 
 
 def _copy(src: str, dst: str) -> Callable[[Path], None]:
@@ -154,7 +156,9 @@ CASES = [
     Case("evaluate-prompt-not-messages", EV[0], [EV[1], "runs/good", "--data", "bad/strprompt.parquet"], "prompt"),
     Case("evaluate-broken-config-json", EV[0], [EV[1], "runs/brokencfg", "--data", "data/test.parquet"], "config.json"),
     Case("evaluate-config-json-a-list", EV[0], [EV[1], "runs/listcfg", "--data", "data/test.parquet"], "config.json"),
-    Case("evaluate-device-foo", EV[0], [EV[1], "runs/good", "--data", "data/test.parquet", "--device", "foo"], "--device"),
+    Case("evaluate-device-foo", EV[0], [EV[1], "runs/real", "--device", "foo"], "--device", needs_model=True),
+    Case("evaluate-device-cuda-without-gpu", EV[0], [EV[1], "runs/real", "--device", "cuda"], "--device",
+         needs_model=True, needs_cpu_only=True),
     Case("evaluate-checkpoint-without-weights", EV[0], [EV[1], "runs/good", "--data", "data/test.parquet"], "global_step_1"),
     Case("evaluate-unknown-flag", EV[0], [EV[1], "runs/good", "--bogus"], "--bogus"),
     # evaluation.tasks prepare
@@ -240,12 +244,26 @@ def ray_tripwire(monkeypatch):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_and_loses_nothing(case: Case, tmp_path, monkeypatch, capsys, request):
+    if case.needs_cpu_only:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
     root = tmp_path / "sandbox"
     root.mkdir()
     build_sandbox(root)
     if case.setup:
         case.setup(root)
-    argv = [a.replace("{model}", str(request.getfixturevalue("tiny_policy"))) if case.needs_model else a for a in case.argv]
+    argv = case.argv
+    if case.needs_model:
+        model = request.getfixturevalue("tiny_policy")
+        argv = [a.replace("{model}", str(model)) for a in argv]
+        real = root / "runs" / "real"
+        (real / "checkpoints" / "global_step_1" / "actor").mkdir(parents=True)
+        (real / "checkpoints" / "global_step_1" / "actor" / "huggingface").symlink_to(model)
+        (real / "config.json").write_text(json.dumps({
+            "task": "math", "size": "tiny", "method": "ppo", "seed": 0,
+            "resolved": {"data": {"val_files": str(root / "data" / "test.parquet"), "max_response_length": 2}}}))
     if case.module.startswith("tre.backend"):
         request.getfixturevalue("ray_tripwire")
     monkeypatch.chdir(root)

@@ -56,6 +56,10 @@ def test_cli_trains_deterministically_and_lowers_the_loss(tmp_path, data, tiny_m
         assert (tmp_path / "a" / name).is_file()
     assert warm_start.main([*argv, "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    (tmp_path / "b" / "stale.txt").write_text("left by the earlier warm start")
+    assert warm_start.main([*argv, "--out", str(tmp_path / "b")]) == 0  # an earlier warm start's output is replaced
+    assert not (tmp_path / "b" / "stale.txt").exists()
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
