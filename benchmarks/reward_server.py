@@ -1,6 +1,11 @@
 """Benchmark: reward-server throughput (pairs/s) at batch 1 vs batched requests, side by side in one process.
 
     python benchmarks/reward_server.py [--model DIR] [--pairs 256] [--batch 64] [--max-batch 16] [--json OUT]
+    python benchmarks/reward_server.py --long-mib 20 [--model DIR]
+
+--long-mib N instead starts `python -m evaluation.reward_model serve` as a child process and posts one pair whose
+response is an N MiB string, then the same pair cut to 64k characters, printing each request's seconds and the
+server's peak RSS (VmHWM) after each; run it with PYTHONPATH at two checkouts to compare them.
 
 Without --model it builds the tiny 8k-vocab random reward model in a temporary directory. The server runs under
 uvicorn in a thread on a free loopback port; the client posts the same pairs one per request, then in requests of
@@ -65,6 +70,47 @@ def rate(client: httpx.Client, url: str, prompts: list[str], responses: list[str
     return len(prompts) / (time.perf_counter() - started)
 
 
+def _vm(pid: int, field: str) -> float:
+    """A /proc/PID/status memory field (VmHWM: peak RSS, VmRSS) in GiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024**2
+    raise KeyError(field)
+
+
+def long_string(model: str, mib: int) -> dict:
+    """Seconds and server peak RSS for one pair with an `mib` MiB response, then for that pair cut to 64k chars."""
+    import subprocess
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "evaluation.reward_model", "serve", "--model", model, "--port",
+                             str(port), "--log-level", "warning", "--max-body-mb", "64"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                httpx.get(f"{url}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the server did not come up")
+                time.sleep(0.2)
+        text = ("All work and no play makes Jack a dull boy. " * (mib * 1024 * 1024 // 44 + 1))[: mib * 1024 * 1024]
+        out = {"idle_rss_gib": round(_vm(proc.pid, "VmRSS"), 3)}
+        with httpx.Client(timeout=600) as client:
+            for name, response in (("cut_64k", text[:65536]), (f"{mib}MiB", text), ("cut_64k_again", text[:65536])):
+                started = time.perf_counter()
+                reply = client.post(f"{url}/predict", json={"prompts": ["Summarise this."], "responses": [response]})
+                reply.raise_for_status()
+                out[name] = {"seconds": round(time.perf_counter() - started, 3), "reward": reply.json()["rewards"][0],
+                             "peak_rss_gib": round(_vm(proc.pid, "VmHWM"), 3)}
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print pairs/s."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -76,10 +122,27 @@ def main(argv: list[str] | None = None) -> int:
                         help="alternating measurements per mode; the median is reported (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the server CLI)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--long-mib", type=int, default=None,
+                        help="instead: time one pair with an N MiB response and the server's peak RSS")
     args = parser.parse_args(argv)
     for name in ("pairs", "batch", "max_batch", "repeats", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+
+    if args.long_mib is not None:
+        if not 1 <= args.long_mib <= 60:
+            parser.error(f"--long-mib must be between 1 and 60 (the body limit is 64 MiB), got {args.long_mib}")
+        with tempfile.TemporaryDirectory() as tmp:
+            model = args.model
+            if model is None:
+                from evaluation.tiny_model import build
+
+                model = str(build(Path(tmp) / "rm", vocab_size=8192, seed=0, kind="reward"))
+            result = long_string(model, args.long_mib)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
 
     import torch
 

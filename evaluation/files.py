@@ -27,15 +27,16 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temp file + rename, so readers never see half a file."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, private: bool = False) -> None:
+    """Write `data` to `path` through a temp file + rename, so readers never see half a file (`private`: 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; outputs are read by other jobs and users
+        if not private:
+            os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; outputs are read by other jobs and users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -43,9 +44,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str, *, private: bool = False) -> None:
     """Text version of atomic_write_bytes (UTF-8)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), private=private)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

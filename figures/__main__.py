@@ -101,8 +101,8 @@ def cmd_dists(argv: list[str]) -> int:
     p.add_argument("--runs", type=Path, help="runs directory: take the base model and the last entropy/TRE checkpoints from it")
     p.add_argument("--task", default="countdown")
     p.add_argument("--size", default="tiny")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tre-method", default="tre_p", choices=("tre_k", "tre_p"))
+    p.add_argument("--seed", type=int, default=0, help="seed of the entropy and TRE runs (with --runs)")
+    p.add_argument("--tre-method", default="tre_p", choices=("tre_k", "tre_p"), help="the TRE variant of the --tre policy")
     p.add_argument("--base", help="pre-trained policy (HF dir); with --entropy and --tre instead of --runs")
     p.add_argument("--entropy", help="policy after PPO + entropy (HF dir)")
     p.add_argument("--tre", help="policy after TRE (HF dir)")
@@ -125,7 +125,8 @@ def cmd_dists(argv: list[str]) -> int:
         else:
             p.error("give --runs RUNS_DIR, or all of --base, --entropy and --tre")
         messages = next_token.resolve_messages(args.prompt, args.prompt_file, args.prompt_index)
-        path = next_token.extract(models, messages, args.results, args.response_prefix, args.keep)
+        path = next_token.extract(models, messages, args.results, args.response_prefix, args.keep,
+                                  tre_method=args.tre_method, seed=args.seed if args.runs is not None else None)
     except (ValueError, FileNotFoundError, OSError) as e:
         p.error(str(e))
     print(f"wrote {path}")

@@ -1,4 +1,8 @@
-"""Gather run directories into the tidy tables of results/: metrics.csv, runs.csv and eval.csv."""
+"""Gather run directories into the tidy tables of results/: metrics.csv, runs.csv, eval.csv and provenance.json.
+
+The tables hold only what a run computed, so a deterministic rerun rewrites them byte for byte; where, when and how
+fast it ran (git commit, config hash, wall time, verl's timing/throughput/memory metrics) goes to provenance.json.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,17 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 if TYPE_CHECKING:
     import pandas as pd
 
-from figures.common import (EVAL_FILE, METRICS_FILE, METRICS_PARQUET, RUN_KEY, RUNS_FILE, atomic_write_bytes,
-                            atomic_write_text, read_table)
+from figures.common import (EVAL_FILE, METRICS_FILE, METRICS_PARQUET, PROVENANCE_FILE, RUN_KEY, RUNS_FILE, ArchiveError,
+                            BadFile, atomic_write_bytes, atomic_write_text, read_json_object, read_table)
 
-METRIC_COLUMNS = [*RUN_KEY, "step", "metric", "value", "git_commit", "config_hash", "provenance"]
+METRIC_COLUMNS = [*RUN_KEY, "step", "metric", "value", "provenance"]
 RUN_COLUMNS = [*RUN_KEY, "status", "val_metric", "final_val_score", "best_val_score", "best_step", "last_step",
-               "wall_time_s", "profile", "device", "git_commit", "config_hash", "provenance", "run_dir"]
-EVAL_COLUMNS = [*RUN_KEY, "step", "split", "n", "metric", "value", "git_commit", "config_hash", "provenance"]
+               "profile", "device", "provenance", "run_dir"]
+EVAL_COLUMNS = [*RUN_KEY, "step", "split", "n", "metric", "value", "provenance"]
+# verl's metrics that measure the machine, not the policy (verl/trainer/ppo/metric_utils.py compute_timing_metrics
+# and compute_throughout_metrics, verl/workers/fsdp_workers.py update_actor/update_critic): provenance, not results.
+_VOLATILE_PREFIXES = ("timing_s/", "timing_per_token_ms/", "perf/mfu/", "perf/max_memory_")
+_VOLATILE_NAMES = ("perf/time_per_step", "perf/throughput", "perf/cpu_memory_used_gb")
 # Fields of config.json that describe where/when a run happened, not what it computed.
 _NOT_HASHED = ("created", "git_commit", "packages", "device")
 _SEED_DIR = re.compile(r"seed(\d+)$")
@@ -38,6 +46,7 @@ class RunData:
     run: dict[str, Any]
     metrics: list[dict[str, Any]]
     evals: list[dict[str, Any]]
+    provenance: dict[str, Any] = field(default_factory=dict)  # this run's entry of provenance.json
 
 
 @dataclass
@@ -54,6 +63,16 @@ def config_hash(config: dict[str, Any]) -> str:
     """First 12 hex digits of the SHA-256 of config.json minus where/when fields (commit, packages, device, time)."""
     core = {k: v for k, v in config.items() if k not in _NOT_HASHED}
     return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:12]
+
+
+def is_volatile(metric: str) -> bool:
+    """True for a metric that varies between identical runs (a time, a rate, a memory high-water mark)."""
+    return metric.startswith(_VOLATILE_PREFIXES) or metric in _VOLATILE_NAMES
+
+
+def run_id(run: dict[str, Any]) -> str:
+    """<task>/<size>/<method>/seed<k>: a run's key in provenance.json."""
+    return f"{run['task']}/{run['size']}/{run['method']}/seed{int(run['seed'])}"
 
 
 def parse_metrics_lines(text: str, path: str = "metrics.jsonl") -> list[dict[str, Any]]:
@@ -130,17 +149,26 @@ def read_run(run_dir: Path, rel: str, provenance: Optional[str] = None) -> RunDa
     final, best, best_step = val_summary(values, val_metric)
     key = {k: config[k] for k in RUN_KEY}
     key["seed"] = int(key["seed"])
-    meta = {
-        "git_commit": config.get("git_commit", ""),
-        "config_hash": config_hash(config),
-        "provenance": provenance or f"ours:{config.get('profile', '?')}:{config.get('device', '?')}",
-    }
+    meta = {"provenance": provenance or f"ours:{config.get('profile', '?')}:{config.get('device', '?')}"}
     run = {**key, "status": summary.get("status", "incomplete"), "val_metric": val_metric or "",
            "final_val_score": final, "best_val_score": best, "best_step": best_step,
-           "last_step": max(s for s, _ in values), "wall_time_s": summary.get("wall_time_s", math.nan),
-           "profile": config.get("profile", ""), "device": config.get("device", ""), **meta, "run_dir": rel}
-    metrics = [{**key, "step": s, "metric": m, "value": v, **meta} for (s, m), v in sorted(values.items())]
-    return RunData(run, metrics, read_evals(run_dir, key, meta))
+           "last_step": max(s for s, _ in values), "profile": config.get("profile", ""),
+           "device": config.get("device", ""), **meta, "run_dir": rel}
+    metrics = [{**key, "step": s, "metric": m, "value": v, **meta} for (s, m), v in sorted(values.items())
+               if not is_volatile(m)]
+    wall = summary.get("wall_time_s")
+    prov = {"git_commit": config.get("git_commit", ""), "config_hash": config_hash(config),
+            "wall_time_s": float(wall) if isinstance(wall, (int, float)) and math.isfinite(wall) else None,
+            "metrics": volatile_rows((s, m, v) for (s, m), v in values.items() if is_volatile(m))}
+    return RunData(run, metrics, read_evals(run_dir, key, meta), prov)
+
+
+def volatile_rows(values: Iterable[tuple[int, str, float]]) -> list[dict[str, Any]]:
+    """[{"step": s, metric: value, ...}] per step, steps ascending and metrics sorted: provenance.json's timings."""
+    by_step: dict[int, dict[str, float]] = {}
+    for step, metric, value in values:
+        by_step.setdefault(int(step), {})[metric] = float(value)
+    return [{"step": s, **dict(sorted(by_step[s].items()))} for s in sorted(by_step)]
 
 
 def read_evals(run_dir: Path, key: dict[str, Any], meta: dict[str, str]) -> list[dict[str, Any]]:
@@ -174,8 +202,8 @@ def _old_table(results: Path, name: str, columns: list[str]) -> "pd.DataFrame":
     if not (Path(results) / name).is_file():
         return pd.DataFrame(columns=columns)
     # Text columns stay text: an all-digit commit or hash must not come back as a number and lose its zeros.
-    text = {c: str for c in ("task", "size", "method", "metric", "git_commit", "config_hash", "provenance", "status",
-                             "val_metric", "profile", "device", "run_dir", "split") if c in columns}
+    text = {c: str for c in ("task", "size", "method", "metric", "provenance", "status", "val_metric", "profile",
+                             "device", "run_dir", "split") if c in columns}
     return read_table(results, name, columns, dtype=text)
 
 
@@ -216,13 +244,37 @@ def collect(runs_dir: Path, results: Path, provenance: Optional[str] = None) -> 
         seen[k] = rel
         datas.append(data)
         report.collected.append(rel)
-    if not datas:
-        return report
-    replaced = set(seen)
+    if datas:
+        write_archive(results, datas, report)
+    return report
+
+
+def _old_provenance(path: Path) -> dict[str, Any]:
+    """The archive's current provenance.json (empty when absent); ArchiveError when it is not a JSON object."""
+    if not path.is_file():
+        return {}
+    try:
+        return read_json_object(path, "archive")
+    except BadFile as e:
+        raise ArchiveError(str(e)) from None
+
+
+def _merge_provenance(path: Path, old: dict[str, Any], datas: list[RunData]) -> None:
+    """Rewrite provenance.json: {provenance label: {run id: entry}}, re-collected runs replaced, keys sorted."""
+    for d in datas:
+        old.setdefault(d.run["provenance"], {})[run_id(d.run)] = d.provenance
+    atomic_write_text(path, json.dumps(old, indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_archive(results: Path, datas: list[RunData], report: Optional[CollectReport] = None) -> CollectReport:
+    """Merge collected runs into the archive's tables and provenance.json (their old rows replaced)."""
+    report = report if report is not None else CollectReport()
+    replaced = {tuple(d.run[c] for c in (*RUN_KEY, "provenance")) for d in datas}
     order = ["provenance", "task", "size", "method", "seed"]
     # Every existing table is read (and checked) before any is rewritten: a broken archive is left as it was.
     old = {name: _old_table(results, name, cols) for name, cols in
            ((RUNS_FILE, RUN_COLUMNS), (METRICS_FILE, METRIC_COLUMNS), (EVAL_FILE, EVAL_COLUMNS))}
+    old_provenance = _old_provenance(results / PROVENANCE_FILE)
     _merge(results / RUNS_FILE, old[RUNS_FILE], [d.run for d in datas], RUN_COLUMNS, replaced, order)
     metrics = _merge(results / METRICS_FILE, old[METRICS_FILE], [r for d in datas for r in d.metrics], METRIC_COLUMNS,
                      replaced, [*order, "step", "metric"])
@@ -232,4 +284,5 @@ def collect(runs_dir: Path, results: Path, provenance: Optional[str] = None) -> 
     report.metric_rows = len(metrics)
     report.eval_rows = len(_merge(results / EVAL_FILE, old[EVAL_FILE], [r for d in datas for r in d.evals], EVAL_COLUMNS,
                                   replaced, [*order, "step", "split", "metric"]))
+    _merge_provenance(results / PROVENANCE_FILE, old_provenance, datas)
     return report

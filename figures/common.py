@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
-from evaluation.files import BadFile, atomic_write_bytes, atomic_write_text, read_parquet  # noqa: F401  (the figures' writers)
+from evaluation.files import BadFile, atomic_write_bytes, atomic_write_text, read_json_object, read_parquet  # noqa: F401  (the figures' readers and writers)
 
 if TYPE_CHECKING:  # pandas/matplotlib are imported lazily so `python -m figures list` stays instant
     import pandas as pd
@@ -18,6 +18,9 @@ METRICS_PARQUET = "metrics.parquet"  # same rows as metrics.csv, for the fast fi
 RUNS_FILE = "runs.csv"
 EVAL_FILE = "eval.csv"
 DISTS_FILE = "next_token_dists.csv"
+# Where/when/how fast each run was made (commit, config hash, wall time, timings): the one archive file that a
+# deterministic rerun changes.
+PROVENANCE_FILE = "provenance.json"
 RUN_KEY = ("task", "size", "method", "seed")
 # The paper's methods first, in its order; any other method (a new baseline) follows alphabetically.
 METHOD_ORDER = ("ppo", "entropy", "kl_cov", "forking_tokens", "tre_k", "tre_p")
@@ -165,10 +168,21 @@ def mean_ci_by_step(df: "pd.DataFrame", group: Sequence[str]) -> "pd.DataFrame":
     return agg.assign(ci95=half, n=n)[[*group, "step", "mean", "ci95", "n"]]
 
 
-# seaborn's "colorblind" palette; the seaborn styles below ship with matplotlib, so seaborn itself (2-3 s to
-# import on a busy 2-core box) stays out of the < 5 s figure path.
-COLORBLIND = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133", "#56b4e9")
-EXTRA_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+# Okabe & Ito's colour-blind-safe palette (Color Universal Design); yellow is left out, too light on white.
+OKABE_ITO = ("#000000", "#e69f00", "#56b4e9", "#009e73", "#0072b2", "#d55e00", "#cc79a7")
+# The paper's six methods: PPO black, global entropy red and TRE in greens as in its Figure 1. Colour, lightness
+# (greyscale 0.00 / 0.47 / 0.59 / 0.34 / 0.41 / 0.23), line style and marker each tell them apart on their own,
+# so the curves stay readable in greyscale and for colour-blind readers.
+PAPER_STYLES = {
+    "ppo": {"color": "#000000", "ls": (0, (4, 2)), "marker": "o"},
+    "entropy": {"color": "#d55e00", "ls": "-.", "marker": "s"},
+    "kl_cov": {"color": "#cc79a7", "ls": (0, (1, 1.2)), "marker": "^"},
+    "forking_tokens": {"color": "#0072b2", "ls": (0, (5, 1.5, 1, 1.5, 1, 1.5)), "marker": "D"},
+    "tre_k": {"color": "#009e73", "ls": (0, (8, 2)), "marker": "v"},
+    "tre_p": {"color": "#00513a", "ls": "-", "marker": "P"},
+}
+# Any other method (a new baseline): the palette's remaining hues, solid, with markers of their own.
+EXTRA_STYLES = tuple({"color": c, "ls": "-", "marker": m} for c, m in zip(("#e69f00", "#56b4e9", "#7f7f7f", "#8c564b"), "X*hp"))
 
 
 def setup_style() -> None:
@@ -178,26 +192,32 @@ def setup_style() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # (the seaborn styles ship with matplotlib, so seaborn itself, 2-3 s to import, stays out of the figure path)
     plt.style.use(["seaborn-v0_8-whitegrid", "seaborn-v0_8-paper"])
-    plt.rcParams.update({"axes.prop_cycle": matplotlib.cycler(color=COLORBLIND), "font.size": 10,
+    plt.rcParams.update({"axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO), "font.size": 10,
                          "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 8,
                          "axes.formatter.useoffset": False})  # offsets ("1e-5+9.5e-1") collide with titles
 
 
-# As in the paper's Figure 1: global entropy in red, TRE in greens; the other baselines in distinct hues.
-PAPER_COLORS = {"ppo": "#0173b2", "entropy": "#d55e00", "kl_cov": "#cc78bc", "forking_tokens": "#949494",
-                "tre_k": "#029e73", "tre_p": "#0b4f2f"}
+def method_styles(methods: Sequence[str]) -> dict[str, dict]:
+    """A stable line style (color, ls, marker) per method: the paper's six keep theirs whatever subset is drawn."""
+    extra = iter(EXTRA_STYLES * (1 + len(methods) // len(EXTRA_STYLES)))
+    return {m: dict(PAPER_STYLES[m] if m in PAPER_STYLES else next(extra)) for m in order_methods(methods)}
 
 
-def method_colors(methods: Sequence[str]) -> dict[str, str]:
-    """A stable colour per method: the paper's six keep theirs whatever subset is drawn."""
-    free = [c for c in COLORBLIND + EXTRA_COLORS if c not in PAPER_COLORS.values()]
-    extra = iter(free * 10)
-    return {m: PAPER_COLORS[m] if m in PAPER_COLORS else next(extra) for m in order_methods(methods)}
+def legend_outside(fig: "Figure", axes: Iterable) -> None:
+    """One figure legend (every method once) to the right of the panels, where it covers no data."""
+    handles: dict = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   frameon=False, handlelength=3.2)
 
 
-def plot_band(ax, stats: "pd.DataFrame", label: str, color, bounds: tuple = (None, None)) -> None:
-    """One mean line with its 95 % CI band (band only where there are >= 2 seeds); limits kept by hand.
+def plot_band(ax, stats: "pd.DataFrame", label: str, style: dict, bounds: tuple = (None, None)) -> None:
+    """One mean line (`style`: color, ls, marker) with its 95 % CI band (where >= 2 seeds); limits kept by hand.
 
     bounds: the range the quantity cannot leave (a probability: (0, 1)); the band is clipped to it, since a t
     interval over 3 seeds easily reaches past 0 for a mass that is never negative.
@@ -209,11 +229,13 @@ def plot_band(ax, stats: "pd.DataFrame", label: str, color, bounds: tuple = (Non
     # Autoscaling re-runs on every artist and dominates drawing at the paper's grid size (30 panels x 6
     # methods), so the data limits are tracked here and set once per call instead.
     ax.set_autoscale_on(False)
-    ax.plot(stats["step"], stats["mean"], label=label, color=color, lw=1.6, scalex=False, scaley=False)
+    # About six markers a line: enough to tell the methods apart where colours fail, few enough to read the curve.
+    ax.plot(stats["step"], stats["mean"], label=label, lw=1.8, ms=4.5, markevery=max(1, round(len(stats) / 6)),
+            scalex=False, scaley=False, **style)
     band = stats[stats["n"] >= 2]
     lower, upper = (band["mean"] - band["ci95"]).clip(*bounds), (band["mean"] + band["ci95"]).clip(*bounds)
     if len(band):
-        ax.fill_between(band["step"], lower, upper, color=color, alpha=0.2, lw=0)
+        ax.fill_between(band["step"], lower, upper, color=style["color"], alpha=0.1, lw=0)
     lo = lower.min() if len(band) else math.inf
     hi = upper.max() if len(band) else -math.inf
     x0, x1, y0, y1 = getattr(ax, "_tre_limits", (math.inf, -math.inf, math.inf, -math.inf))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from figures.common import cells_of, mean_ci_by_step, method_colors, method_label, order_methods, panel_title, plot_band, read_metrics, save_figure, setup_style
+from figures.common import cells_of, mean_ci_by_step, method_styles, method_label, order_methods, panel_title, plot_band, read_metrics, save_figure, setup_style
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,7 +30,7 @@ def draw(metrics: "pd.DataFrame") -> "Figure":
 
     setup_style()
     cells = cells_of(metrics)
-    colors = method_colors(metrics["method"].drop_duplicates().tolist())
+    styles = method_styles(metrics["method"].drop_duplicates().tolist())
     # Shared axes and a fixed layout (no tight_layout): at the paper's 6 x 5 panels, tick-label layout is most of
     # the rendering time, and hidden inner tick labels keep one rebuild under 5 s.
     fig, axes = plt.subplots(len(cells), len(PANELS), figsize=(3.2 * len(PANELS), 0.6 + 2.3 * len(cells)),
@@ -51,13 +51,14 @@ def draw(metrics: "pd.DataFrame") -> "Figure":
                 continue
             stats = mean_ci_by_step(cell[cell["metric"] == name], ["method"])
             for method in order_methods(stats["method"]):
-                plot_band(ax, stats[stats["method"] == method], method_label(method), colors[method], bounds)
+                plot_band(ax, stats[stats["method"] == method], method_label(method), styles[method], bounds)
     handles = {}
     for ax in axes.flat:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), frameon=False)
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), frameon=False,
+                   handlelength=3.2)
     fig._tre_tight = False  # the layout above is final: save without the tight-bbox pass
     return fig
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from figures.common import DISTS_FILE, ArchiveError, read_table, save_figure, setup_style
+import textwrap
+
+from figures.common import DISTS_FILE, ArchiveError, method_label, read_table, save_figure, setup_style
+from figures.next_token import TOP_K, TOP_P
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -14,13 +17,36 @@ if TYPE_CHECKING:
 
 NAME = "figure1"
 DESCRIPTION = "rank vs probability of the tiny policy's next-token distribution: pre-trained, PPO+entropy, TRE"
-STYLES = {"base": dict(color="0.45", ls="--"), "entropy": dict(color="tab:red", ls="-"), "tre": dict(color="tab:green", ls="-")}
+# Colour-blind safe and apart in greyscale (lightness 0.00 / 0.47 / 0.23) and by line style.
+STYLES = {"base": dict(color="#000000", ls=(0, (4, 2))), "entropy": dict(color="#d55e00", ls="-."),
+          "tre": dict(color="#00513a", ls="-")}
 STAGES = ("base", "entropy", "tre")
 
 
 def tail_mass(dist: "pd.DataFrame", boundary: int) -> float:
     """Probability outside the first `boundary` ranks of one stage's distribution."""
     return float(max(0.0, 1.0 - dist.loc[dist["rank"] <= boundary, "prob"].sum()))
+
+
+def _text(value) -> str:
+    """A table cell as plain text for matplotlib: '' for an empty cell, '$' escaped (no mathtext)."""
+    return "" if value is None or value != value else str(value).replace("$", r"\$")
+
+
+def caption(dists: "pd.DataFrame") -> str:
+    """The title naming what Figure 1 conditions on: the prompt (and response so far), the runs' seed, the TRE variant."""
+    first = dists.iloc[0]
+    trained = dists[dists["stage"] != "base"]
+    seeds = sorted({int(s) for s in trained.get("seed", []) if s == s and s is not None})
+    tre = dists.loc[dists["stage"] == "tre", "method"].dropna().unique() if "method" in dists else []
+    variant = {"tre_p": f"p = {TOP_P} nucleus", "tre_k": f"top-{TOP_K}"}
+    what = [*(f"runs of seed {s}" for s in seeds),
+            *(f"TRE variant {method_label(m)}" + (f" ({variant[m]})" if m in variant else "") for m in tre if m)]
+    lines = [" · ".join(["Next-token distribution of the tiny policy", *what])]
+    prompt, prefix = _text(first.get("prompt")), _text(first.get("response_prefix"))
+    if prompt:
+        lines += textwrap.wrap(f"Prompt: “{prompt}”" + (f", response so far: “{prefix}”" if prefix else ""), 90)
+    return "\n".join(lines)
 
 
 def draw(dists: "pd.DataFrame") -> "Figure":
@@ -43,7 +69,7 @@ def draw(dists: "pd.DataFrame") -> "Figure":
     ax.set_yscale("log")
     ax.set_xlabel("Token rank (log scale)")
     ax.set_ylabel("Next-token probability")
-    ax.set_title("Next-token distribution of the tiny policy")
+    ax.set_title(caption(dists), fontsize="small")
     ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     fig.tight_layout()
     return fig

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from figures.common import DISTS_FILE, atomic_write_text
 
-DIST_COLUMNS = ["stage", "label", "model", "context", "rank", "prob", "vocab_size", "tail_beyond", "nucleus_size", "top_k"]
+DIST_COLUMNS = ["stage", "label", "method", "seed", "model", "prompt", "response_prefix", "context", "rank", "prob",
+                "vocab_size", "tail_beyond", "nucleus_size", "top_k"]
 STAGE_LABELS = {"base": "Pre-trained", "entropy": "After PPO + entropy", "tre": "After TRE"}
 TOP_P = 0.99  # the TRE-P nucleus of the paper's grid
 MAX_CANDIDATES = 256
@@ -30,14 +32,36 @@ def nucleus_size(sorted_probs: Sequence[float], top_p: float = TOP_P, max_candid
     return count
 
 
-def dist_rows(stage: str, model: str, context: str, probs: Sequence[float], vocab_size: int, keep: int) -> list[dict[str, Any]]:
-    """Rows (rank 1..keep) of one descending-sorted next-token distribution, with its trust-region sizes."""
+def dist_rows(stage: str, model: str, context: str, probs: Sequence[float], vocab_size: int, keep: int, *,
+              method: str = "", seed: Optional[int] = None, prompt: str = "", response_prefix: str = "") -> list[dict[str, Any]]:
+    """Rows (rank 1..keep) of one descending-sorted next-token distribution, with its trust-region sizes.
+
+    method/seed: the run the policy comes from ("" / None for the pre-trained one); prompt: the user's message.
+    """
     kept = [float(p) for p in probs[:keep]]
     tail = max(0.0, 1.0 - math.fsum(kept))
     n = nucleus_size(probs)
-    return [{"stage": stage, "label": STAGE_LABELS.get(stage, stage), "model": model, "context": context, "rank": r,
-             "prob": p, "vocab_size": vocab_size, "tail_beyond": tail, "nucleus_size": n, "top_k": TOP_K}
+    return [{"stage": stage, "label": STAGE_LABELS.get(stage, stage), "method": method, "seed": seed, "model": model,
+             "prompt": prompt, "response_prefix": response_prefix, "context": context, "rank": r, "prob": p,
+             "vocab_size": vocab_size, "tail_beyond": tail, "nucleus_size": n, "top_k": TOP_K}
             for r, p in enumerate(kept, start=1)]
+
+
+def repo_path(path: str) -> str:
+    """`path` relative to the working directory (the repository root) when it lies inside it, else unchanged.
+
+    The archive is committed: a clone's absolute path in it would make every other clone's rerun differ.
+    """
+    cwd = Path.cwd()
+    for p in (os.path.abspath(path), os.path.realpath(path)):
+        if Path(p).is_relative_to(cwd):
+            return Path(p).relative_to(cwd).as_posix() or "."
+    return str(path)
+
+
+def user_prompt(messages: Sequence[dict[str, str]]) -> str:
+    """The last user message of a chat (what Figure 1 names as its prompt)."""
+    return next((m["content"] for m in reversed(list(messages)) if m.get("role") == "user"), "")
 
 
 def render_context(tokenizer, messages: Sequence[dict[str, str]], response_prefix: str = "") -> str:
@@ -97,18 +121,25 @@ def models_from_runs(runs_dir: Path, task: str, size: str, seed: int, tre_method
 
 
 def extract(models: dict[str, str], messages: Sequence[dict[str, str]], results: Path, response_prefix: str = "",
-            keep: int = 512) -> Path:
-    """Write results/next_token_dists.csv: the top-`keep` next-token probabilities of each stage's policy."""
+            keep: int = 512, *, tre_method: str = "", seed: Optional[int] = None) -> Path:
+    """Write results/next_token_dists.csv: the top-`keep` next-token probabilities of each stage's policy.
+
+    tre_method / seed: the TRE variant and the seed of the runs the trained policies come from (recorded per row).
+    """
     import pandas as pd
     from transformers import AutoTokenizer
 
     context = render_context(AutoTokenizer.from_pretrained(models["base"]), messages, response_prefix)
+    methods = {"base": "", "entropy": "entropy", "tre": tre_method}
     rows = []
     for stage, model_dir in models.items():
         probs, vocab = next_token_probs(model_dir, context)
-        rows += dist_rows(stage, str(model_dir), context, probs, vocab, keep)
+        rows += dist_rows(stage, repo_path(str(model_dir)), context, probs, vocab, keep, method=methods.get(stage, ""),
+                          seed=None if stage == "base" else seed, prompt=user_prompt(messages),
+                          response_prefix=response_prefix)
     path = Path(results) / DISTS_FILE
-    atomic_write_text(path, pd.DataFrame(rows, columns=DIST_COLUMNS).to_csv(index=False, lineterminator="\n"))
+    df = pd.DataFrame(rows, columns=DIST_COLUMNS).astype({"seed": "Int64"})  # the base policy has no seed
+    atomic_write_text(path, df.to_csv(index=False, lineterminator="\n"))
     return path
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from figures.common import METRICS_FILE, ArchiveError, cells_of, panel_grid, mean_ci_by_step, method_colors, method_label, order_methods, panel_title, plot_band, read_metrics, save_figure, setup_style
+from figures.common import METRICS_FILE, ArchiveError, cells_of, panel_grid, mean_ci_by_step, method_styles, method_label, order_methods, panel_title, legend_outside, plot_band, read_metrics, save_figure, setup_style
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,18 +21,18 @@ def draw(metrics: "pd.DataFrame") -> "Figure":
     setup_style()
     data = metrics[metrics["metric"] == METRIC]
     cells = cells_of(data)
-    colors = method_colors(data["method"].drop_duplicates().tolist())
+    styles = method_styles(data["method"].drop_duplicates().tolist())
     fig, grid = panel_grid(cells)
     stats = mean_ci_by_step(data, ["task", "size", "method"])
     for (task, size), ax in grid.items():
         cell = stats[(stats["task"] == task) & (stats["size"] == size)]
         for method in order_methods(cell["method"]):
-            plot_band(ax, cell[cell["method"] == method], method_label(method), colors[method])
+            plot_band(ax, cell[cell["method"] == method], method_label(method), styles[method])
         ax.set_title(panel_title(task, size))
         ax.set_xlabel("Training step")
         ax.set_ylabel("Mean response length (tokens)")
-        ax.legend(fontsize="small")
     fig.tight_layout()
+    legend_outside(fig, grid.values())
     return fig
 
 

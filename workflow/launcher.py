@@ -10,6 +10,9 @@ Every heavy Snakemake rule calls `python -m workflow.launcher run ... -- CMD ...
   step's process group, waiting for it to save, and requeueing the same command (which resumes),
 - for multi-node allocations starts a Ray head on rank 0 and Ray workers on the other ranks,
 - optionally runs the HH reward-model server next to the command (readiness via GET /health),
+- gives each launch a secret (env TRE_LAUNCH_TOKEN, generated unless the workflow exported one, never written to
+  a file): the reward server requires it and the reward client sends it, the ranks' rendezvous messages carry its
+  HMAC, and the Ray cluster's token is derived from it; the rendezvous and Ray records are owner-only,
 - exits non-zero with one line naming the job state and its log path when the step fails.
 """
 from __future__ import annotations
@@ -18,7 +21,9 @@ import argparse
 import dataclasses
 import datetime as dt
 import hashlib
+import hmac
 import json
+import math
 import os
 import shlex
 import shutil
@@ -40,6 +45,13 @@ from evaluation.files import atomic_write_text
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
 ENV_CLUSTER = "TRE_LAUNCHER_CLUSTER"
+# The launch's shared secret. It reaches the job through the environment (Slurm exports the submitter's), never
+# through submitit's pickles, job.json or a log; REWARD_SERVER_TOKEN, Ray's token and the rendezvous MACs come from it.
+TOKEN_ENV = "TRE_LAUNCH_TOKEN"
+# The HH reward client's variables (evaluation.tasks.hh.URL_ENV, TOKEN_ENV; a test keeps them equal): spelled here
+# because a step's working directory may shadow the evaluation package (the workflow tests' stand-ins do).
+REWARD_URL_ENV, REWARD_TOKEN_ENV = "REWARD_SERVER_URL", "REWARD_SERVER_TOKEN"
+RENDEZVOUS_MAX_LINE = 1 << 20  # bytes of one rendezvous message; a longer one is refused
 # Slurm states in which a recorded job is still worth waiting for (re-attach instead of resubmitting).
 ACTIVE_SLURM_STATES = frozenset(
     {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
@@ -208,15 +220,16 @@ class RewardServer:
     """The HH reward-model server as a child process, for the lifetime of one step."""
 
     def __init__(self, model_dir: str, host: str, log_path: Path, ready_timeout_s: float = 900.0,
-                 cwd: Optional[str] = None) -> None:
+                 cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None) -> None:
         self.model_dir, self.host, self.log_path, self.cwd = model_dir, host, log_path, cwd
+        self.env = dict(env) if env is not None else None  # carries REWARD_SERVER_TOKEN, never argv (ps shows it)
         self.ready_timeout_s = ready_timeout_s
         self.port = free_port()
         self.proc: Optional[subprocess.Popen] = None
 
     @property
     def url(self) -> str:
-        """The /predict URL the HH reward client reads from REWARD_SERVER_URL."""
+        """The /predict URL the HH reward client reads from REWARD_SERVER_URL (with REWARD_SERVER_TOKEN)."""
         return f"http://{self.host}:{self.port}/predict"
 
     def start(self) -> str:
@@ -225,7 +238,7 @@ class RewardServer:
                 "--host", self.host, "--port", str(self.port)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(argv, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                          start_new_session=True, preexec_fn=_ignore_usr2)
         try:
             wait_http_ok(f"http://{self.host}:{self.port}/health", self.ready_timeout_s,
@@ -286,40 +299,101 @@ def _restart_count() -> int:
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
 
 
+def launch_token() -> str:
+    """This job's launch secret from env TRE_LAUNCH_TOKEN (set by `launch` on the submitting side)."""
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise StepFailed(f"{TOKEN_ENV} is not set in the job; submit it with `python -m workflow.launcher run`")
+    return token
+
+
+def derived_secret(token: str, purpose: str) -> str:
+    """A secret for one purpose (Ray's cluster token, ...) derived from the launch token."""
+    return hmac.new(token.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def _sealed(token: str, context: str, payload: Any) -> bytes:
+    """One rendezvous line: the payload and its HMAC-SHA256 under the token, bound to this rendezvous."""
+    body = json.dumps(payload, sort_keys=True)
+    mac = hmac.new(token.encode(), f"{context}\n{body}".encode(), hashlib.sha256).hexdigest()
+    return (json.dumps({"payload": body, "mac": mac}) + "\n").encode()
+
+
+def _opened(token: str, context: str, line: str) -> Any:
+    """The payload of a sealed line; ValueError when it is malformed or its MAC is not the token's."""
+    msg = json.loads(line)
+    if not isinstance(msg, dict) or not isinstance(msg.get("payload"), str) or not isinstance(msg.get("mac"), str):
+        raise ValueError("not a sealed rendezvous message")
+    want = hmac.new(token.encode(), f"{context}\n{msg['payload']}".encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(want, msg["mac"]):
+        raise ValueError("wrong MAC")
+    return json.loads(msg["payload"])
+
+
 def rendezvous(folder: Path, rank: int, world: int, tag: str, timeout_s: float = 600.0,
                info: Optional[Mapping[str, Any]] = None) -> list[dict[str, Any]]:
-    """All ranks of one allocation meet over TCP: rank 0 listens (its address goes through a file in the job
-    folder), the others connect; every rank gets back the list of {rank, host, ip} of all ranks."""
-    addr_file = folder / f"rendezvous-{tag}-{_restart_count()}.json"
+    """All ranks of one allocation meet over TCP: rank 0 listens on its node's address (written to an owner-only
+    file in the job folder), the others connect; every rank gets back the list of {rank, host, ip} of all ranks.
+
+    Every message carries an HMAC under the launch token (TRE_LAUNCH_TOKEN): rank 0 drops connections that cannot
+    show one, and the others accept only a reply that does."""
+    token = launch_token()
+    restart = _restart_count()
+    context = f"{tag}:{restart}:{world}"
+    addr_file = folder / f"rendezvous-{tag}-{restart}.json"
     me = {"rank": rank, "host": socket.gethostname(), "ip": _my_ip(),
           "node": os.environ.get("SLURMD_NODENAME", socket.gethostname()), **(info or {})}
     deadline = time.monotonic() + timeout_s
     if rank == 0:
-        peers = [me]
+        peers = {0: me}
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
             srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            srv.bind(("0.0.0.0", 0))
+            srv.bind((me["ip"], 0))
             srv.listen(world)
-            srv.settimeout(timeout_s)
-            atomic_write_text(addr_file, json.dumps({"ip": me["ip"], "port": srv.getsockname()[1]}))
+            atomic_write_text(addr_file, json.dumps({"ip": me["ip"], "port": srv.getsockname()[1]}), private=True)
             conns = []
-            while len(peers) < world:
-                conn, _ = srv.accept()
-                peers.append(json.loads(_recv_line(conn)))
-                conns.append(conn)
-            peers.sort(key=lambda p: p["rank"])
-            for conn in conns:
-                with conn:
-                    conn.sendall((json.dumps(peers) + "\n").encode())
-        return peers
+            try:
+                while len(peers) < world:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise StepFailed(f"rank 0: only {len(peers)} of {world} ranks met at {tag} "
+                                         f"after {timeout_s:.0f} s")
+                    srv.settimeout(left)
+                    try:
+                        conn, _ = srv.accept()
+                    except socket.timeout:
+                        continue
+                    conn.settimeout(min(30.0, max(left, 1.0)))
+                    try:
+                        peer = _opened(token, context, _recv_line(conn))
+                        if not isinstance(peer, dict) or not isinstance(peer.get("rank"), int) \
+                                or not 0 < peer["rank"] < world:
+                            raise ValueError("not a rank of this allocation")
+                    except (ValueError, OSError) as e:  # a stranger, or a rank from another launch: not counted
+                        print(f"[launcher] rendezvous {tag}: refused a connection ({e})", file=sys.stderr, flush=True)
+                        conn.close()
+                        continue
+                    peers[peer["rank"]] = peer
+                    conns.append(conn)
+                table = [peers[r] for r in sorted(peers)]
+                for conn in conns:
+                    conn.sendall(_sealed(token, context, table))
+            finally:
+                for conn in conns:
+                    conn.close()
+        return table
     while not addr_file.exists():
         if time.monotonic() > deadline:
             raise StepFailed(f"rank {rank}: no rendezvous file {addr_file} after {timeout_s:.0f} s")
         time.sleep(0.2)
     head = json.loads(addr_file.read_text())
     with socket.create_connection((head["ip"], head["port"]), timeout=timeout_s) as conn:
-        conn.sendall((json.dumps(me) + "\n").encode())
-        return json.loads(_recv_line(conn))
+        conn.sendall(_sealed(token, context, me))
+        try:
+            return _opened(token, context, _recv_line(conn))
+        except ValueError as e:
+            raise StepFailed(f"rank {rank}: rendezvous {tag} at {head['ip']}:{head['port']} did not answer with "
+                             f"this launch's token ({e})") from None
 
 
 def _recv_line(conn: socket.socket) -> str:
@@ -329,7 +403,9 @@ def _recv_line(conn: socket.socket) -> str:
         if not chunk:
             break
         buf += chunk
-    return buf.decode()
+        if len(buf) > RENDEZVOUS_MAX_LINE:
+            raise ValueError(f"message longer than {RENDEZVOUS_MAX_LINE} bytes")
+    return buf.decode(errors="replace")
 
 
 def _my_ip() -> str:
@@ -381,7 +457,7 @@ class Command:
 
     def _run_command(self, extra_env: dict[str, str], folder: Path, env: dict[str, Any]) -> dict[str, Any]:
         start = time.time()
-        run_env = {**os.environ, **self.env, **extra_env}
+        run_env = {**child_environ(), **self.env, **extra_env}
         if run_env.get("CUDA_VISIBLE_DEVICES") == "":
             # submitit's local executor sets it empty for 0 GPUs; Ray then refuses the placeholder GPU that verl's
             # CPU path asks for. Without GPUs there is nothing to hide, so leave it unset.
@@ -391,9 +467,11 @@ class Command:
         try:
             if self.reward_model:
                 host = "127.0.0.1" if env["num_tasks"] == 1 else _my_ip()
+                run_env[REWARD_TOKEN_ENV] = reward_token()
                 self._server = RewardServer(self.reward_model, host, folder / "reward_server.log",
-                                            self.reward_ready_timeout_s, cwd=self.cwd)
-                run_env["REWARD_SERVER_URL"] = self._server.start()
+                                            self.reward_ready_timeout_s, cwd=self.cwd,
+                                            env={**child_environ(), REWARD_TOKEN_ENV: run_env[REWARD_TOKEN_ENV]})
+                run_env[REWARD_URL_ENV] = self._server.start()
             print(f"[launcher] {shlex.join(self.argv)}", flush=True)
             self._proc = subprocess.Popen(self.argv, cwd=self.cwd, env=run_env, start_new_session=True,
                                           preexec_fn=_ignore_usr2)
@@ -438,18 +516,20 @@ class Command:
                    procs: list[subprocess.Popen]) -> dict[str, str]:
         """Ray head on rank 0, then a worker on every other rank; returns the env that reaches the cluster.
 
-        A per-job token (Ray's token auth) keeps other Ray clusters on the same hosts out; each `ray start --block`
-        runs in its own process group, which is what gets stopped at the end."""
+        A per-launch token (Ray's token auth, derived from TRE_LAUNCH_TOKEN; ray-N.json holds only the port) keeps
+        other Ray clusters on the same hosts out; each `ray start --block` runs in its own process group, which is
+        what gets stopped at the end."""
         restart = _restart_count()
-        if rank == 0:
-            atomic_write_text(folder / f"ray-{restart}.json",
-                          json.dumps({"port": free_port(), "token": secrets.token_hex(32)}))
         info_path = folder / f"ray-{restart}.json"
+        if rank == 0:
+            atomic_write_text(info_path, json.dumps({"port": free_port()}), private=True)
         while not info_path.exists():
             time.sleep(0.2)
         info = json.loads(info_path.read_text())
         address = f"{peers[0]['ip']}:{info['port']}"
-        ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": info["token"]}
+        ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": derived_secret(launch_token(), f"ray-{restart}")}
+        if self.reward_model:  # the HH reward client may run in a Ray worker on any node
+            ray_env[REWARD_TOKEN_ENV] = reward_token()
         common = [f"--num-cpus={env['cpus'] or os.cpu_count() or 1}", f"--num-gpus={env['gpus']}",
                   f"--node-ip-address={peers[rank]['ip']}", "--disable-usage-stats", "--block"]
         log = folder / f"ray-{restart}-rank{rank}.log"
@@ -457,7 +537,7 @@ class Command:
         def start(args: list[str]) -> None:
             with open(log, "ab") as out:
                 procs.append(subprocess.Popen(self.ray_cmd + ["start", *args, *common], stdout=out,
-                                              stderr=subprocess.STDOUT, env={**os.environ, **ray_env},
+                                              stderr=subprocess.STDOUT, env={**child_environ(), **ray_env},
                                               start_new_session=True, preexec_fn=_ignore_usr2))
 
         def head_up() -> None:
@@ -531,6 +611,16 @@ class CheckpointableCommand(Command, submitit.helpers.Checkpointable):
             self._server.stop()
             self._server = None
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def child_environ() -> dict[str, str]:
+    """This process's environment less the launch token: commands and servers get only what derives from it."""
+    return {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+
+
+def reward_token() -> str:
+    """The reward server's token for this launch (REWARD_SERVER_TOKEN of server and client), derived from it."""
+    return derived_secret(launch_token(), "reward-server")
 
 
 def _job_env() -> dict[str, Any]:
@@ -639,12 +729,91 @@ def attach(spec: StepSpec, cluster: str, state_of: Callable[[str], str] = slurm_
     return None
 
 
-def _wait(job: submitit.Job, cluster: str, poll_s: float = 1.0, force_every_s: float = 15.0) -> None:
+PROGRESS_FD_ENV = "TRE_PROGRESS_FD"  # a rule's shell keeps the terminal on this fd while the launcher's output goes to its log
+
+
+class StepProgress:
+    """Prints `<name> <run>: step i/N` to the driving terminal as a training job's metrics.jsonl grows (throttled).
+
+    Reads only the new bytes of metrics.jsonl (one line per step) and config.json's total_steps, so it costs the
+    wait loop nothing and works for any executor whose run directory the driver can see (local, shared-FS Slurm).
+    """
+
+    def __init__(self, label: str, run_dir: Path, every_s: float = 10.0, stream=None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.label, self.run_dir, self.every_s, self.clock = label, Path(run_dir), every_s, clock
+        self.stream = stream if stream is not None else _progress_stream()
+        self.offset, self.step, self.shown, self.last_print = 0, 0, 0, -math.inf
+        self.total: Optional[int] = None
+
+    @classmethod
+    def for_step(cls, spec: "StepSpec") -> Optional["StepProgress"]:
+        """A watcher for a step whose command trains into `--run-dir DIR`, else None."""
+        argv = list(spec.argv)
+        run_dir = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--run-dir"), None)
+        run_dir = run_dir or next((a.split("=", 1)[1] for a in argv if a.startswith("--run-dir=")), None)
+        if run_dir is None:
+            return None
+        path = Path(run_dir) if Path(run_dir).is_absolute() else Path(spec.cwd or os.getcwd()) / run_dir
+        return cls(f"{spec.name} {Path(run_dir).as_posix().removeprefix('runs/')}", path)
+
+    def _read(self) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            size = path.stat().st_size
+            if size < self.offset:  # rewritten shorter: a resumed run truncated past its checkpoint
+                self.offset, self.step, self.shown = 0, 0, 0
+            with open(path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read(size - self.offset)
+        except OSError:
+            return
+        done = chunk.rfind(b"\n") + 1  # a torn last line is read again next time, whole
+        self.offset += done
+        for line in chunk[:done].splitlines():
+            try:
+                self.step = max(self.step, int(json.loads(line).get("step", 0)))
+            except (ValueError, TypeError, AttributeError):
+                continue
+        if self.total is None:
+            try:
+                total = json.loads((self.run_dir / "config.json").read_text()).get("total_steps")
+                self.total = int(total) if total else None
+            except (OSError, ValueError, TypeError, AttributeError):
+                pass
+
+    def poll(self) -> None:
+        """Print the latest step if it moved and `every_s` has passed (the last step always)."""
+        self._read()
+        now = self.clock()
+        if self.step > self.shown and (now - self.last_print >= self.every_s or self.step == self.total):
+            of = f"/{self.total}" if self.total else ""
+            try:
+                print(f"{self.label}: step {self.step}{of}", file=self.stream, flush=True)
+            except (OSError, ValueError):  # the terminal went away; the job goes on
+                return
+            self.shown, self.last_print = self.step, now
+
+
+def _progress_stream():
+    """The driving terminal: the fd named by $TRE_PROGRESS_FD when the rule kept one open, else stderr."""
+    fd = os.environ.get(PROGRESS_FD_ENV, "")
+    if fd.isdigit():
+        try:
+            return os.fdopen(int(fd), "w", closefd=False)
+        except OSError:
+            pass
+    return sys.stderr
+
+
+def _wait(job: submitit.Job, cluster: str, poll_s: float = 1.0, force_every_s: float = 15.0,
+          on_poll: Callable[[], None] = lambda: None) -> None:
     if cluster == "debug":
         return  # the debug executor runs the step inside result()
     if cluster == "local" and getattr(job, "_process", None) is None:
         # a re-attached local job: its process is not ours, so follow its pid
         while _pid_alive(int(job.job_id)):
+            on_poll()
             time.sleep(poll_s)
         return
     last_force = time.monotonic()
@@ -653,7 +822,9 @@ def _wait(job: submitit.Job, cluster: str, poll_s: float = 1.0, force_every_s: f
         if force:
             last_force = time.monotonic()
         if job.done(force_check=force):
+            on_poll()
             return
+        on_poll()
         time.sleep(poll_s)
 
 
@@ -662,6 +833,8 @@ def launch(spec: StepSpec) -> dict[str, Any]:
     cluster = resolve_cluster(spec.cluster)
     spec.log_dir.mkdir(parents=True, exist_ok=True)
     params = executor_parameters(spec.resources, cluster, spec.name, checkpointable=spec.checkpointable)
+    # the job inherits the environment (sbatch exports it; local and debug jobs are our children or ourselves)
+    os.environ.setdefault(TOKEN_ENV, secrets.token_hex(32))
     num_tasks = spec.resources.nodes * spec.resources.tasks_per_node
     job = attach(spec, cluster) if cluster != "debug" else None
     record = {"name": spec.name, "cluster": cluster, "fingerprint": spec.fingerprint(), "argv": spec.argv,
@@ -691,14 +864,17 @@ def launch(spec: StepSpec) -> dict[str, Any]:
 
 def _wait_and_record(spec: StepSpec, job: submitit.Job, cluster: str, record: dict[str, Any],
                      started: float) -> dict[str, Any]:
+    progress = StepProgress.for_step(spec)
     try:
-        _wait(job, cluster)
+        _wait(job, cluster, on_poll=progress.poll if progress else (lambda: None))
         if cluster == "debug":
             # DebugJob.results() opens pdb on an error; exception() runs the step without that detour
             error = job.exception()
             if error is not None:
                 raise error
         results = job.results()
+        if progress:
+            progress.poll()  # the debug executor ran the step inside results(): its last step shows now
     except KeyboardInterrupt:
         raise
     except Exception as e:

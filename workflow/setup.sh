@@ -22,19 +22,32 @@ fresh() {  # fresh VENV: true when VENV was built by this same setup.sh and pypr
   [ -x "$1/bin/python" ] && [ -f "$1/.tre-setup-stamp" ] && [ "$(cat "$1/.tre-setup-stamp")" = "$want" ]
 }
 want="$(cat pyproject.toml workflow/setup.sh | sha256sum | cut -d' ' -f1)"
+stage() {  # one line per stage of a build, so a fresh machine's minutes of pip are not silent
+  echo "setup: $*"
+}
 make_venv() {  # make_venv DIR PIP_ARGS...: the venv, torch, then PIP_ARGS, then pip's consistency check
-  [ -x "$1/bin/python" ] || "$py" -m venv "$1"
+  local name
+  name="$(basename "$1")"
+  if [ -x "$1/bin/python" ]; then stage "$name: updating (pyproject.toml or setup.sh changed)"; else
+    stage "$name: creating the virtual environment"
+    "$py" -m venv "$1"
+  fi
   local pip=("$1/bin/python" -m pip install --disable-pip-version-check -q)
+  stage "$name: pip"
   quiet "${pip[@]}" --upgrade "pip>=24"
   # torch first and on its own: the local CPU wheel. Letting pip pick torch pulls gigabytes of CUDA packages.
+  stage "$name: torch 2.13.0 (CPU)"
   quiet "${pip[@]}" "torch==2.13.0"
+  stage "$name: pip install ${*:2} (the longest stage: the pinned stack)"
   quiet "${pip[@]}" "${@:2}"
+  stage "$name: pip check"
   "$1/bin/python" -m pip check --disable-pip-version-check
 }
 
 venv="$root/.venv"
 if [ "$lm_eval_math" = 0 ] && ! fresh "$venv"; then
   make_venv "$venv" -e ".[test]"
+  stage ".venv: import check (torch, verl, trl, lm_eval, math_verify, hydra, this project)"
   PYTHONWARNINGS=ignore "$venv/bin/python" - <<'PY'
 import torch, verl, trl, lm_eval, math_verify, hydra  # noqa: F401  a real import, not only pip's metadata
 from verl.trainer import main_ppo  # noqa: F401
@@ -48,6 +61,7 @@ fi
 lmeval="$root/.venv-lmeval"
 if [ "$lm_eval_math" = 1 ] && ! fresh "$lmeval"; then
   make_venv "$lmeval" "lm-eval[hf,math]==0.4.13" "transformers>=4.56.2,<5"
+  stage ".venv-lmeval: import check (lm_eval, math_verify, antlr 4.11)"
   PYTHONWARNINGS=ignore "$lmeval/bin/python" - <<'PY'
 from importlib.metadata import version
 import lm_eval, math_verify, torch, transformers  # noqa: F401

@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="serve a reward model over HTTP",
                         description='POST /predict {"prompts": [...], "responses": [...]} -> {"rewards": [...]}; '
-                                    "GET /health.")
+                                    "GET /health. When env REWARD_SERVER_TOKEN is set, /predict requires the header "
+                                    "'Authorization: Bearer $REWARD_SERVER_TOKEN' (the HH reward client sends it from "
+                                    "the same variable); binding beyond loopback without one prints a warning. Texts "
+                                    "are cut to 2,048 tokens; only a prefix of a long text is tokenized.")
     sv.add_argument("--model", required=True, help="reward model directory (from `train`)")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1, loopback only)")
     sv.add_argument("--port", type=port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
@@ -76,16 +79,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(summary))
         return 0
 
-    from evaluation.reward_model.server import serve
+    from evaluation.reward_model.server import TOKEN_ENV, serve
 
-    if not os.path.isdir(args.model):
-        parser.exit(2, f"{parser.prog} serve: error: --model {args.model}: not a directory\n")
     if args.device not in ("auto", "cuda", "cpu") and not args.device.startswith("cuda:"):
         parser.exit(2, f"{parser.prog} serve: error: --device must be auto, cuda, cpu or cuda:N, got {args.device!r}\n")
     try:
         serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_request=args.max_request,
               max_body_mb=args.max_body_mb, device=args.device, dtype=args.dtype, cpu_threads=args.cpu_threads,
-              log_level=args.log_level)
+              log_level=args.log_level, token=os.environ.get(TOKEN_ENV) or None)
     except ValueError as err:
         parser.exit(2, f"{parser.prog} serve: error: {err}\n")
     return 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 MAX_LENGTH = 2048  # tokens per (prompt, response) pair, as the authors' server truncates
+TRUNCATION_MARGIN = 64  # tokens tokenized past MAX_LENGTH before a long text's cut (see encode_truncated)
+CHARS_PER_TOKEN_GUESS = 4  # first character cut per needed token; grown 4x while it yields too few tokens
 
 
 def pair_messages(prompt: str, response: str) -> list[dict[str, str]]:
@@ -27,17 +29,56 @@ def pair_texts(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str])
     return [tokenizer.apply_chat_template(pair_messages(p, r), tokenize=False) for p, r in zip(prompts, responses)]
 
 
+class ScoringCancelled(Exception):
+    """Scoring stopped between micro-batches because the caller asked (e.g. its HTTP client went away)."""
+
+
+def encode_truncated(tokenizer: Any, texts: Sequence[str], max_length: int = MAX_LENGTH) -> list[list[int]]:
+    """Token ids of each text cut to `max_length` tokens, equal to tokenize-then-truncate but tokenizing a prefix.
+
+    A long text is cut to a character prefix first and only that is tokenized: the whole of a 20 MiB text took
+    tens of seconds and gigabytes for 2,048 kept tokens. The prefix is accepted once it yields at least
+    `max_length + TRUNCATION_MARGIN` tokens, else it grows 4x, ending at the whole text. A cut changes only the
+    tokens next to it: pre-tokens are split by a regex that looks one character ahead, and BPE merges within a
+    pre-token break ties leftmost first, so even in a giant pre-token (a 100k-letter word) the merges left of the
+    cut stand. With TRUNCATION_MARGIN tokens between the kept ones and the cut, the kept ids are those of the whole
+    text (tests/reward_model/test_truncation.py checks this on prose, code, CJK, emoji, runs and combining marks).
+    A left-truncating tokenizer gets the whole text tokenized: a suffix cut can shift BPE merges through a long run.
+    """
+    need = max_length + TRUNCATION_MARGIN
+    if getattr(tokenizer, "truncation_side", "right") == "left":
+        return [tokens[-max_length:] for tokens in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    ids: list[list[int]] = [[] for _ in texts]
+    pending, chars = list(range(len(texts))), need * CHARS_PER_TOKEN_GUESS
+    while pending:
+        cuts = [texts[i][:chars] for i in pending]
+        encoded = tokenizer(cuts, add_special_tokens=False)["input_ids"]
+        retry = []
+        for i, cut, tokens in zip(pending, cuts, encoded):
+            if len(tokens) >= need or len(cut) == len(texts[i]):
+                ids[i] = tokens[:max_length]
+            else:
+                retry.append(i)
+        pending, chars = retry, chars * 4
+    return ids
+
+
 def score_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 8,
-                max_length: int = MAX_LENGTH) -> list[float]:
-    """Reward logit[:, 0] for each text, in micro-batches of `batch_size`, truncated to `max_length` tokens."""
+                max_length: int = MAX_LENGTH, cancelled: Callable[[], bool] | None = None) -> list[float]:
+    """Reward logit[:, 0] for each text, in micro-batches of `batch_size`, truncated to `max_length` tokens.
+
+    `cancelled()` is asked before each micro-batch; when it turns true, ScoringCancelled is raised."""
     import torch
+    from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 
     device = next(model.parameters()).device
     rewards: list[float] = []
     for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
-                        add_special_tokens=False, return_tensors="pt").to(device)
+        if cancelled is not None and cancelled():
+            raise ScoringCancelled(f"stopped after {start} of {len(texts)} texts")
+        ids = encode_truncated(tokenizer, texts[start : start + batch_size], max_length)
+        enc = pad_without_fast_tokenizer_warning(tokenizer, {"input_ids": ids}, padding=True,
+                                                 return_tensors="pt").to(device)
         with torch.inference_mode():
             logits = model(**enc).logits
         rewards.extend(logits[:, 0].float().cpu().tolist())

@@ -2,21 +2,32 @@
 
 One model replica per visible GPU (or one on CPU); each request is split into contiguous chunks, one per
 replica, scored in threads in micro-batches of `max_batch`. Bad requests get a 4xx with one line naming the field.
+With a token (env REWARD_SERVER_TOKEN) /predict requires `Authorization: Bearer <token>`. A request whose client
+disconnects stops being scored at the next micro-batch.
 """
 
+import asyncio
+import hmac
+import ipaddress
 import json
 import math
+import re
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
-from evaluation.reward_model.scoring import MAX_LENGTH, load_reward_model, pair_texts, score_texts
+from evaluation.reward_model.scoring import MAX_LENGTH, ScoringCancelled, load_reward_model, pair_texts, score_texts
+from evaluation.tasks.hh import TOKEN_ENV
 
 DEFAULT_PORT = 8888
 DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_REQUEST = 4096
 DEFAULT_MAX_BODY_MB = 64
+DISCONNECT_POLL_S = 0.2  # how often a running request checks whether its client is still there
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate: JSON can spell it, UTF-8 (and tokenizers) cannot
 
 
 class RequestError(ValueError):
@@ -40,11 +51,15 @@ def parse_predict_body(body: bytes, limits: Limits) -> tuple[list[str], list[str
     if len(body) > limits.max_body_bytes:
         raise RequestError(413, f"body: {len(body)} bytes exceeds the server limit of {limits.max_body_bytes} bytes")
     try:
-        payload = json.loads(body)
+        text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else body
+        payload = json.loads(text)
     except json.JSONDecodeError as err:
         raise RequestError(400, f"body: malformed JSON ({err.msg} at position {err.pos})") from err
     except UnicodeDecodeError as err:
         raise RequestError(400, f"body: not UTF-8 text ({err.reason})") from err
+    except RecursionError:
+        raise RequestError(400, f"{_too_deep_field(text)}: JSON nested too deeply; expected "
+                                '{"prompts": [str, ...], "responses": [str, ...]}') from None
     if not isinstance(payload, dict):
         raise RequestError(422, 'body: must be a JSON object {"prompts": [str, ...], "responses": [str, ...]}')
     unknown = sorted(set(payload) - {"prompts", "responses"})
@@ -64,11 +79,61 @@ def parse_predict_body(body: bytes, limits: Limits) -> tuple[list[str], list[str
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 raise RequestError(422, f"{field}[{i}]: must be a string, got {type(item).__name__}")
+            bad = _SURROGATE.search(item)
+            if bad:
+                raise RequestError(422, f"{field}[{i}]: lone surrogate U+{ord(bad.group()):04X} at character "
+                                        f"{bad.start()}; strings must be valid Unicode")
         lists[field] = value
     if len(lists["prompts"]) != len(lists["responses"]):
         raise RequestError(422, f"responses: length {len(lists['responses'])} differs from "
                                 f"prompts length {len(lists['prompts'])}")
     return lists["prompts"], lists["responses"]
+
+
+def _too_deep_field(text: str) -> str:
+    """The top-level field whose value nests too deeply for the JSON parser, else 'body' (walked value by value)."""
+    decoder, ws = json.JSONDecoder(), json.decoder.WHITESPACE.match
+    i = ws(text, 0).end()
+    if text[i : i + 1] != "{":
+        return "body"
+    i = ws(text, i + 1).end()
+    while text[i : i + 1] == '"':
+        try:
+            key, i = json.decoder.scanstring(text, i + 1)
+            i = ws(text, i).end()
+            if text[i : i + 1] != ":":
+                return "body"
+            _, i = decoder.raw_decode(text, ws(text, i + 1).end())
+        except RecursionError:
+            return key
+        except ValueError:
+            return "body"
+        i = ws(text, i).end()
+        if text[i : i + 1] != ",":
+            return "body"
+        i = ws(text, i + 1).end()
+    return "body"
+
+
+def check_model_dir(path: str) -> None:
+    """Raise ValueError naming --model unless `path` holds a config, a tokenizer and weights (cheap, before loading)."""
+    expected = "expected a directory written by `python -m evaluation.reward_model train`"
+    base = Path(path)
+    if not base.is_dir():
+        raise ValueError(f"--model {path}: not a directory; {expected}")
+    try:
+        config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"--model {path}: no config.json; {expected}") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--model {path}: config.json is not valid JSON ({err}); {expected}") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ValueError(f"--model {path}: config.json has no model_type; {expected}")
+    if not any((base / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise ValueError(f"--model {path}: no tokenizer (tokenizer.json or tokenizer_config.json); {expected}")
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if not any((base / name).is_file() for name in weights):
+        raise ValueError(f"--model {path}: no weights ({' or '.join(weights[::2])}); {expected}")
 
 
 def split_contiguous(n: int, parts: int) -> list[tuple[int, int]]:
@@ -90,19 +155,21 @@ class RewardScorer:
         self._locks = [threading.Lock() for _ in devices]
         self._pool = ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="rm-replica")
 
-    def _score_on(self, replica: int, texts: list[str]) -> list[float]:
+    def _score_on(self, replica: int, texts: list[str], cancelled: Callable[[], bool] | None) -> list[float]:
         """Score texts on one replica, holding its lock."""
         model, tok = self.replicas[replica]
         with self._locks[replica]:
-            return score_texts(model, tok, texts, batch_size=self.max_batch, max_length=self.max_length)
+            return score_texts(model, tok, texts, batch_size=self.max_batch, max_length=self.max_length,
+                               cancelled=cancelled)
 
-    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        """Rewards for parallel prompts/responses, split across replicas."""
+    def score(self, prompts: list[str], responses: list[str],
+              cancelled: Callable[[], bool] | None = None) -> list[float]:
+        """Rewards for parallel prompts/responses, split across replicas; ScoringCancelled once cancelled()."""
         texts = pair_texts(self.replicas[0][1], prompts, responses)
         ranges = split_contiguous(len(texts), len(self.replicas))
         if len(ranges) == 1:
-            return self._score_on(0, texts)
-        futures = [self._pool.submit(self._score_on, i, texts[s:e]) for i, (s, e) in enumerate(ranges)]
+            return self._score_on(0, texts, cancelled)
+        futures = [self._pool.submit(self._score_on, i, texts[s:e], cancelled) for i, (s, e) in enumerate(ranges)]
         return [r for f in futures for r in f.result()]
 
 
@@ -121,13 +188,19 @@ def visible_devices(device: str) -> list[str]:
     return [device]
 
 
-def create_app(scorer: Any, limits: Limits = Limits()):
-    """The FastAPI app around a scorer with a `.score(prompts, responses)` method."""
+def create_app(scorer: Any, limits: Limits = Limits(), token: str | None = None,
+               disconnect_poll_s: float = DISCONNECT_POLL_S):
+    """The FastAPI app around a scorer with a `.score(prompts, responses, cancelled)` method.
+
+    With `token`, POST /predict needs `Authorization: Bearer <token>` (GET /health stays open for readiness probes).
+    """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     app = FastAPI(title="TRE reward model server")
+    expected = f"Bearer {token}".encode() if token else None
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -137,21 +210,52 @@ def create_app(scorer: Any, limits: Limits = Limits()):
                 "replicas": len(scorer.devices), "max_batch": scorer.max_batch, "max_length": scorer.max_length,
                 "max_request": limits.max_request, "max_body_bytes": limits.max_body_bytes}
 
-    @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
+    async def read_body(request: Request) -> bytes:
+        """The request body, refused with 413 as soon as it passes the limit (a chunked body has no length)."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            return JSONResponse({"error": f"body: {declared} bytes exceeds the server limit of "
-                                          f"{limits.max_body_bytes} bytes"}, status_code=413)
+            raise RequestError(413, f"body: {declared} bytes exceeds the server limit of {limits.max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limits.max_body_bytes:
+                raise RequestError(413, f"body: more than {limits.max_body_bytes} bytes exceeds the server limit of "
+                                        f"{limits.max_body_bytes} bytes")
+        return bytes(body)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        if expected is not None:
+            given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, expected):
+                return JSONResponse({"error": f"authorization: missing or wrong token; send the header "
+                                              f"'Authorization: Bearer <token>' with the server's ${TOKEN_ENV}"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
         try:
-            prompts, responses = parse_predict_body(await request.body(), limits)
+            prompts, responses = parse_predict_body(await read_body(request), limits)
         except RequestError as err:
             return JSONResponse({"error": str(err)}, status_code=err.status)
+        except ClientDisconnect:
+            return JSONResponse({"error": "client disconnected while sending the body"}, status_code=499)
+
+        gone = threading.Event()
+
+        async def watch() -> None:
+            # the body has been read, so the next ASGI message can only be the client's disconnect
+            while not await request.is_disconnected():
+                await asyncio.sleep(disconnect_poll_s)
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
         try:
-            rewards = await run_in_threadpool(scorer.score, prompts, responses)
+            rewards = await run_in_threadpool(scorer.score, prompts, responses, gone.is_set)
+        except ScoringCancelled:
+            return JSONResponse({"error": "client disconnected; scoring stopped"}, status_code=499)
         except Exception as err:  # a failing batch must not take the server down
             return JSONResponse({"error": f"scoring failed: {type(err).__name__}: {err}".splitlines()[0]},
                                 status_code=500)
+        finally:
+            watcher.cancel()
         bad = [i for i, r in enumerate(rewards) if not math.isfinite(r)]
         if bad:
             return JSONResponse({"error": f"rewards[{bad[0]}]: the reward model produced a non-finite value"},
@@ -161,10 +265,22 @@ def create_app(scorer: Any, limits: Limits = Limits()):
     return app
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(model: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, max_batch: int = DEFAULT_MAX_BATCH,
           max_request: int = DEFAULT_MAX_REQUEST, max_body_mb: int = DEFAULT_MAX_BODY_MB, device: str = "auto",
-          dtype: str | None = None, cpu_threads: int | None = 1, log_level: str = "info") -> None:
-    """Load the replicas and serve until interrupted."""
+          dtype: str | None = None, cpu_threads: int | None = 1, log_level: str = "info",
+          token: str | None = None) -> None:
+    """Load the replicas (a bad --model raises ValueError before the port is bound) and serve until interrupted."""
+    check_model_dir(model)  # before the slow imports: a wrong --model fails at once
     import torch
     import uvicorn
 
@@ -173,6 +289,16 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, max_
         # On CPU the server shares the cores with the training run it scores for. Oversubscribed OpenMP threads
         # spin: on a busy 2-core box 2 threads ranged from 3x faster to 20x slower than 1, so 1 is the safe default.
         torch.set_num_threads(cpu_threads)
-    scorer = RewardScorer(model, devices, max_batch=max_batch, dtype=dtype)
-    app = create_app(scorer, Limits(max_request=max_request, max_body_bytes=max_body_mb * 1024 * 1024))
+    try:
+        scorer = RewardScorer(model, devices, max_batch=max_batch, dtype=dtype)
+    except ValueError:
+        raise
+    except Exception as err:  # corrupt files surface as many error types (OSError, SafetensorError, KeyError, ...)
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"--model {model}: cannot load the reward model ({type(err).__name__}: {first}); "
+                         f"expected a directory written by `python -m evaluation.reward_model train`") from None
+    if not token and not is_loopback(host):
+        print(f"warning: serving on {host}:{port} without a token: anyone who can reach this address can use the "
+              f"server; set {TOKEN_ENV} (the clients send it too)", file=sys.stderr, flush=True)
+    app = create_app(scorer, Limits(max_request=max_request, max_body_bytes=max_body_mb * 1024 * 1024), token=token)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import math
+import numbers as numbers_abc
+import operator
 import random
 import re
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
@@ -21,15 +23,16 @@ ABILITY = "math"
 FIXTURE = Path(__file__).parent / "fixtures" / "countdown.jsonl"
 FIXTURE_SEED = 2602
 
-# Bounds on untrusted model output: longer, deeper or bigger answers score 0 without being evaluated.
-MAX_EQUATION_CHARS = 1000
-MAX_NESTING = 100
-MAX_NODES = 200
-MAX_MAGNITUDE = 10**12
 TOLERANCE = 1e-5
+# The only bound the authors' Python does not already put on an answer (its parser rejects more than 200 nested
+# parentheses and unary chains of about 3,000): the size of an integer an operator may produce. Beyond it Python
+# would spend seconds to hours (9**9**9 has 1.2e9 bits); we score 0 instead (docs/fidelity.md).
+MAX_INT_BITS = 1 << 18
 
-_ALLOWED_CHARS = re.compile(r"[0-9+\-*/().\s]+", re.ASCII)
-_INTEGERS = re.compile(r"[0-9]+", re.ASCII)
+# The authors' character check and number extraction, in re's default Unicode mode as theirs: Unicode digits and
+# spaces pass these and then fail Python's parser, exactly as in their eval.
+_ALLOWED_CHARS = re.compile(r"^[\d+\-*/().\s]+$")
+_INTEGERS = re.compile(r"\d+")
 _ANSWER_AFTER_THINK = re.compile(r"\s*<answer>")
 
 
@@ -192,62 +195,78 @@ def extract_equation(solution_str: str) -> str | None:
 
 
 class _Reject(Exception):
-    """The equation is outside the allowed language or bounds."""
+    """The equation is outside arithmetic or its result outside MAX_INT_BITS."""
 
 
-def _evaluate(node: ast.AST, budget: list[int]) -> Fraction:
-    """Exact value of an arithmetic AST of numbers, + - * / and unary signs; _Reject otherwise."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise _Reject("too many nodes")
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body, budget)
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        # Via repr so that 2.3 is 23/10, the value its digits say, not the binary float's long fraction.
-        value = Fraction(repr(node.value))
-    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
-        operand = _evaluate(node.operand, budget)
-        value = -operand if isinstance(node.op, ast.USub) else operand
-    elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
-        left, right = _evaluate(node.left, budget), _evaluate(node.right, budget)
-        if isinstance(node.op, ast.Add):
-            value = left + right
-        elif isinstance(node.op, ast.Sub):
-            value = left - right
-        elif isinstance(node.op, ast.Mult):
-            value = left * right
-        else:
-            if right == 0:
-                raise ZeroDivisionError
-            value = left / right
-    else:
-        raise _Reject(type(node).__name__)
-    if abs(value.numerator) > MAX_MAGNITUDE or value.denominator > MAX_MAGNITUDE:
-        raise _Reject("magnitude")
-    return value
+Number = int | float | complex
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow}
 
 
-def evaluate_equation(equation: str) -> Fraction | None:
-    """Exact value of an untrusted `+ - * / ()` equation, or None if invalid, too large or dividing by zero."""
-    if len(equation) > MAX_EQUATION_CHARS or not _ALLOWED_CHARS.fullmatch(equation):
+def _apply(op: type, left: Number, right: Number) -> Number:
+    """Python's `left op right`, refused when it would build an integer beyond MAX_INT_BITS."""
+    if type(left) is int and type(right) is int:
+        if op is ast.Mult and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1:
+            raise _Reject("integer too large")
+        # |left| <= 1 stays small for any exponent; a negative exponent makes a float.
+        if op is ast.Pow and abs(left) > 1 and right > 0 and right * math.log2(abs(left)) > MAX_INT_BITS:
+            raise _Reject("integer too large")
+    return _BINARY[op](left, right)
+
+
+def _evaluate(tree: ast.Expression) -> Number:
+    """The value Python's eval gives an AST of number literals, unary + -, and + - * / // **; _Reject otherwise."""
+    # An explicit stack: Python's parser admits unary chains ~3,000 deep, deeper than Python recursion may go.
+    values: list[Number] = []
+    stack: list[tuple[ast.AST, bool]] = [(tree.body, False)]
+    while stack:
+        node, operands_done = stack.pop()
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            values.append(node.value)
+        elif isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            if operands_done:
+                values.append(_UNARY[type(node.op)](values.pop()))
+            else:
+                stack += [(node, True), (node.operand, False)]
+        elif isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            if operands_done:
+                right = values.pop()
+                values.append(_apply(type(node.op), values.pop(), right))
+            else:
+                stack += [(node, True), (node.right, False), (node.left, False)]
+        else:  # (), ..., calls: for Python a TypeError or a value that is no number, 0 for the authors too
+            raise _Reject(type(node).__name__)
+    return values[0]
+
+
+def evaluate_equation(equation: str) -> Number | None:
+    """Python's value of an untrusted equation of digits, `+ - * / ( ) .` and spaces (the authors' eval), or None."""
+    if not _ALLOWED_CHARS.match(equation):
         return None
-    depth = 0
-    for char in equation:
-        depth += (char == "(") - (char == ")")
-        if depth > MAX_NESTING:
-            return None
     try:
-        tree = ast.parse(equation.strip(), mode="eval")
-        return _evaluate(tree, [MAX_NODES])
-    except (SyntaxError, ValueError, RecursionError, MemoryError, ZeroDivisionError, OverflowError, _Reject):
+        # Python's own parser (eval's): the same literals, precedence and limits, without running anything.
+        return _evaluate(ast.parse(equation.lstrip(" \t"), mode="eval"))  # eval drops leading spaces and tabs
+    except (SyntaxError, ValueError, RecursionError, MemoryError, ArithmeticError, TypeError, _Reject):
         return None
 
 
-def _ground_truth(ground_truth: Any) -> tuple[list[int], float]:
+def uses_numbers(equation: str, numbers: Sequence[int]) -> bool:
+    """Whether the integers written in the equation are exactly `numbers`, each once (the authors' check)."""
+    try:
+        # int() refuses more than 4,300 digits (Python's limit), which bounds the work as it did the authors'.
+        return sorted(int(n) for n in _INTEGERS.findall(equation)) == sorted(numbers)
+    except ValueError:
+        return False
+
+
+def _ground_truth(ground_truth: Any) -> tuple[list[int], int | float]:
     """(numbers, target) from a {target, numbers} mapping (lists may arrive as numpy arrays from parquet)."""
     try:
         numbers = [int(n) for n in ground_truth["numbers"]]
-        target = float(ground_truth["target"])
+        target = ground_truth["target"]
+        # An integral target stays exact (as in the authors' `result - target`); numpy scalars become Python's.
+        target = int(target) if isinstance(target, numbers_abc.Integral) else float(target)
     except (KeyError, TypeError, ValueError, IndexError):
         raise ValueError(
             f"ground_truth: Countdown needs {{'target': int, 'numbers': [int, ...]}}, got {ground_truth!r:.200}"
@@ -259,14 +278,15 @@ def score(solution_str: str, ground_truth: Any) -> float:
     """Authors' Countdown reward: 1.0 if the final answer uses each number once and equals the target, else 0.0."""
     numbers, target = _ground_truth(ground_truth)
     equation = extract_equation(solution_str)
-    if equation is None or len(equation) > MAX_EQUATION_CHARS:
-        return 0.0
-    if sorted(int(n) for n in _INTEGERS.findall(equation)) != sorted(numbers):
+    if equation is None or not uses_numbers(equation, numbers):
         return 0.0
     value = evaluate_equation(equation)
     if value is None:
         return 0.0
-    return 1.0 if abs(float(value) - target) < TOLERANCE else 0.0
+    try:
+        return 1.0 if abs(value - target) < TOLERANCE else 0.0
+    except OverflowError:  # an int beyond float range against a float target: never within tolerance
+        return 0.0
 
 
 # ---------------------------------------------------------------- data

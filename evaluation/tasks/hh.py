@@ -21,6 +21,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "ultrafeedback.jsonl"
 SHUFFLE_SEED = 42
 
 URL_ENV = "REWARD_SERVER_URL"
+TOKEN_ENV = "REWARD_SERVER_TOKEN"  # shared secret: the server requires it, the client sends it as a Bearer token
 DEFAULT_URL = "http://127.0.0.1:8888/predict"
 CHUNK_SIZE = 256
 TIMEOUT_S = 120.0
@@ -98,6 +99,12 @@ def server_url() -> str:
     return os.environ.get(URL_ENV) or DEFAULT_URL
 
 
+def auth_headers() -> dict[str, str]:
+    """The Authorization header carrying env REWARD_SERVER_TOKEN, or none when it is unset."""
+    token = os.environ.get(TOKEN_ENV)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _parse_rewards(payload: Any, expected: int, url: str) -> list[float]:
     """The `rewards` list of a server reply, checked for length and finiteness."""
     rewards = payload.get("rewards") if isinstance(payload, dict) else None
@@ -132,6 +139,9 @@ def _post_chunk(
                     raise RewardServerError(f"reward server {url}: reply is not JSON: {reply.text[:200]!r}") from None
                 return _parse_rewards(payload, len(prompts), url)
             last = f"HTTP {reply.status_code}: {reply.text[:200]}"
+            if reply.status_code in (401, 403):
+                raise RewardServerError(f"reward server {url} refused the token ({last}); set {TOKEN_ENV} to the "
+                                        f"server's token")
             if reply.status_code < 500 and reply.status_code != 429:
                 raise RewardServerError(f"reward server {url} rejected the request ({last})")
         if attempt < retries:
@@ -159,7 +169,7 @@ def request_rewards(
         raise ValueError(f"chunk_size/retries: must be >= 1, got {chunk_size}/{retries}")
     url = url or server_url()
     rewards: list[float] = []
-    with httpx.Client(timeout=timeout_s) as client:
+    with httpx.Client(timeout=timeout_s, headers=auth_headers()) as client:
         for start in range(0, len(prompts), chunk_size):
             rewards += _post_chunk(
                 client,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from evaluation.tasks import common
@@ -32,146 +34,53 @@ MATH_VERIFY_TIMEOUT_S = 10.0
 MATH_VERIFY_START_TIMEOUT_S = 120.0
 
 
-# ---------------------------------------------------------------- answer extraction (Hendrycks MATH)
+# ---------------------------------------------------------------- the authors' scorer (verl 0.4.1's, unchanged)
 
 
-def last_boxed_only_string(text: str) -> str | None:
-    """The last `\\boxed{...}` (or `\\boxed ...` up to `$`, or `\\fbox{...}`) in `text`, wrapper included."""
-    if "\\boxed " in text:
-        return "\\boxed " + text.split("\\boxed ")[-1].split("$")[0]
-    start = text.rfind("\\boxed")
-    if start < 0:
-        start = text.rfind("\\fbox")
-        if start < 0:
-            return None
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start : i + 1]
-    return None
+def _load_verl_math() -> ModuleType:
+    """verl's own `verl/utils/reward_score/math.py`, the authors' MATH scorer, loaded as a standalone module."""
+    # `import verl.utils.reward_score.math` runs verl/__init__.py, which imports torch, ray and transformers (about
+    # 10 s of CPU) and configures logging; the file itself imports nothing, so it is loaded alone, from the pinned
+    # verl, without running the package. The authors' fork ships this file byte for byte.
+    spec = importlib.util.find_spec("verl")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("verl is not installed: the MATH scorer is verl 0.4.1's verl/utils/reward_score/math.py")
+    path = Path(list(spec.submodule_search_locations)[0]) / "utils" / "reward_score" / "math.py"
+    module_spec = importlib.util.spec_from_file_location("_tre_verl_reward_score_math", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
-def remove_boxed(boxed: str) -> str:
-    """The content of a `\\boxed{...}` / `\\boxed ...` / `\\fbox{...}` string."""
-    if boxed.startswith("\\boxed "):
-        return boxed[len("\\boxed ") :]
-    for prefix in ("\\boxed{", "\\fbox{"):
-        if boxed.startswith(prefix) and boxed.endswith("}"):
-            return boxed[len(prefix) : -1]
-    raise ValueError(f"not a boxed expression: {boxed[:50]!r}")
+VERL_MATH = _load_verl_math()
+# The authors' answer extraction and normalisation, re-exported for data preparation and the lm-eval task.
+last_boxed_only_string = VERL_MATH.last_boxed_only_string
+remove_boxed = VERL_MATH.remove_boxed
+strip_string = VERL_MATH.strip_string
+is_equiv = VERL_MATH.is_equiv
 
 
 def extract_boxed_answer(text: str) -> str | None:
-    """The content of the last boxed expression in `text`, or None."""
+    """The content of the last `\\boxed{...}` / `\\boxed ...` in `text`; None without one; ValueError for `\\fbox`."""
     boxed = last_boxed_only_string(text)
-    return None if boxed is None else remove_boxed(boxed)
-
-
-# ---------------------------------------------------------------- Hendrycks normalisation
-
-
-def _fix_fracs(s: str) -> str:
-    """`\\frac12` -> `\\frac{1}{2}`, `\\frac1b` -> `\\frac{1}{b}`, `\\frac1{72}` -> `\\frac{1}{72}`."""
-    pieces = s.split("\\frac")
-    out = pieces[0]
-    for piece in pieces[1:]:
-        out += "\\frac"
-        # An empty piece (string ends in \frac) raises IndexError on purpose: the reference does, and
-        # is_equiv then falls back to comparing the raw strings.
-        if piece[0] == "{":
-            out += piece
-            continue
-        if len(piece) < 2:
-            return s
-        numerator, second, rest = piece[0], piece[1], piece[2:]
-        if second != "{":
-            out += "{" + numerator + "}{" + second + "}" + rest
-        else:
-            out += "{" + numerator + "}" + second + rest
-    return out
-
-
-def _fix_a_slash_b(s: str) -> str:
-    """`3/4` -> `\\frac{3}{4}` when both sides are plain integers."""
-    parts = s.split("/")
-    if len(parts) != 2:
-        return s
-    # int() failing raises ValueError, which (as in the reference) makes is_equiv compare the raw strings.
-    numerator, denominator = int(parts[0]), int(parts[1])
-    if s != f"{numerator}/{denominator}":
-        return s
-    return "\\frac{" + str(numerator) + "}{" + str(denominator) + "}"
-
-
-def _remove_right_units(s: str) -> str:
-    """Drop a trailing `\\text{ unit}`."""
-    if "\\text{ " in s:
-        parts = s.split("\\text{ ")
-        if len(parts) != 2:
-            raise ValueError("more than one \\text{ unit}")
-        return parts[0]
-    return s
-
-
-def _fix_sqrt(s: str) -> str:
-    """`\\sqrt3` -> `\\sqrt{3}`."""
-    if "\\sqrt" not in s:
-        return s
-    pieces = s.split("\\sqrt")
-    out = pieces[0]
-    for piece in pieces[1:]:
-        # piece[0] on an empty piece raises on purpose (reference behaviour, see _fix_fracs).
-        out += "\\sqrt" + (piece if piece[0] == "{" else "{" + piece[0] + "}" + piece[1:])
-    return out
-
-
-def strip_string(s: str) -> str:
-    """Hendrycks MATH answer normalisation (the one verl's math reward and lm-eval's hendrycks_math use)."""
-    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
-    s = s.replace("tfrac", "frac").replace("dfrac", "frac")
-    s = s.replace("\\left", "").replace("\\right", "")
-    s = s.replace("^{\\circ}", "").replace("^\\circ", "")
-    s = s.replace("\\$", "")
-    s = _remove_right_units(s)
-    s = s.replace("\\%", "")
-    s = s.replace(" .", " 0.").replace("{.", "{0.")
-    if not s:
-        return s
-    if s[0] == ".":
-        s = "0" + s
-    # "k = 5" -> "5" when the left side is a short variable name.
-    sides = s.split("=")
-    if len(sides) == 2 and len(sides[0]) <= 2:
-        s = sides[1]
-    s = _fix_sqrt(s)
-    s = s.replace(" ", "")
-    s = _fix_fracs(s)
-    if s == "0.5":
-        s = "\\frac{1}{2}"
-    return _fix_a_slash_b(s)
-
-
-def is_equiv(answer: str | None, reference: str | None) -> bool:
-    """Exact match after `strip_string`; raw comparison when normalisation fails, like the reference."""
-    if answer is None or reference is None:
-        return answer is None and reference is None
+    if boxed is None:
+        return None
     try:
-        return strip_string(answer) == strip_string(reference)
-    except Exception:  # the reference falls back on any normalisation failure
-        return answer == reference
+        return remove_boxed(boxed)
+    except AssertionError:  # verl's remove_boxed asserts the `\\boxed` wrapper (a last `\\fbox{}` fails it)
+        raise ValueError(f"not a \\boxed expression: {boxed[:50]!r}") from None
 
 
 def score_hendrycks(solution_str: str, ground_truth: str) -> float:
-    """Authors' MATH reward: last boxed answer, Hendrycks-normalised, exact match -> 1.0 else 0.0."""
+    """Authors' MATH reward (verl's `math.compute_score`): last boxed answer, `is_equiv` -> 1.0 else 0.0."""
+    # verl's compute_score body, minus its `print(e)` of the caught error: the evaluation CLI's stdout carries JSON.
+    # tests/tasks/test_scorer_differential.py proves it equal to compute_score itself on generated answers.
     try:
         answer = extract_boxed_answer(solution_str)
-    except ValueError:
+        return 1.0 if answer is not None and is_equiv(answer, ground_truth) else 0.0
+    except Exception:  # compute_score turns any failure into 0.0
         return 0.0
-    return 1.0 if answer is not None and is_equiv(answer, ground_truth) else 0.0
 
 
 # ---------------------------------------------------------------- math-verify
@@ -297,7 +206,10 @@ def make_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
     for field in ("problem", "solution"):
         if not isinstance(record.get(field), str):
             raise ValueError(f"{field}: MATH records need a string {field!r} (row {index} of {split})")
-    answer = extract_boxed_answer(record["solution"])
+    try:
+        answer = extract_boxed_answer(record["solution"])
+    except ValueError as exc:
+        raise ValueError(f"solution: row {index} of {split}: {exc}") from None
     if answer is None:
         raise ValueError(f"solution: row {index} of {split} has no \\boxed{{}} answer")
     return {

@@ -68,11 +68,33 @@ def test_config_record_fields():
     from tre.backend.profiles import RunSpec
 
     rec = rundir.config_record(RunSpec("math", "1.5b", "forking_tokens", seed=2), get_method("forking_tokens"), ["a=1"], {"k": 1})
-    assert set(rec) == {"task", "size", "method", "seed", "profile", "method_spec", "overrides", "resolved", "git_commit",
-                        "packages", "device", "created"}
+    assert set(rec) == {"task", "size", "method", "seed", "profile", "method_spec", "method_registry", "total_steps",
+                        "overrides", "resolved", "git_commit", "packages", "device", "created"}
     assert rec["method_spec"]["loss_params"] == {"forking_top_ratio": 0.2, "forking_scope": "micro_batch"}
     assert rec["device"] == "cpu" and rec["packages"]["verl"] == "0.4.1"
     json.dumps(rec)
+
+
+def test_config_record_holds_the_entropy_coefficient_verl_applied():
+    # The tiny grid's method_overrides raise the entropy run's coefficient from the registry's 0.001 to 0.3.
+    from baselines import get_method
+    from tre.backend.launch import compose, resolve
+    from tre.backend.profiles import RunSpec, overrides
+
+    spec = RunSpec("math", "tiny", "entropy", profile="tiny", model_path="m", extra=("actor_rollout_ref.actor.entropy_coeff=0.3",))
+    items = overrides(spec)
+    resolved = resolve(compose(items))
+    rec = rundir.config_record(spec, get_method("entropy"), items, resolved)
+    assert resolved["actor_rollout_ref"]["actor"]["entropy_coeff"] == 0.3
+    assert rec["method_spec"]["entropy_coeff"] == 0.3 and rec["method_registry"] == {"entropy_coeff": 0.001}
+    assert {k: rec["method_spec"][k] for k in ("name", "entropy", "policy_loss")} == {"name": "entropy", "entropy": "full",
+                                                                                     "policy_loss": "vanilla"}
+    # without an override the record is the registry's method, and nothing is marked as replaced
+    plain = RunSpec("math", "tiny", "tre_p", profile="tiny", model_path="m")
+    items = overrides(plain)
+    rec = rundir.config_record(plain, get_method("tre_p"), items, resolve(compose(items)))
+    assert rec["method_spec"] == rundir.method_record(get_method("tre_p")) and rec["method_registry"] == {}
+    assert rec["total_steps"] == 8  # the tiny profile's trainer.total_training_steps, for the launcher's "step i/N"
 
 
 def test_launches_sum_their_wall_times_and_skip_a_torn_line(tmp_path):

@@ -29,7 +29,7 @@ def test_collect_then_build_via_subprocess(runs_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "figures", "collect", str(runs_dir), "--results", str(results)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(f"collected 9 runs into {results} (162 metric rows")
+    assert out.stdout.startswith(f"collected 9 runs into {results} (144 metric rows")
     out = subprocess.run([sys.executable, "-m", "figures", "table_final", "--results", str(results)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and (results / "tables" / "table_final.md").is_file()

@@ -10,6 +10,7 @@ import pytest
 
 from figures.collect import (SkipRun, collect, config_hash, infer_val_metric, parse_metrics_lines, tidy_metrics,
                              val_summary)
+from figures.common import PROVENANCE_FILE
 
 
 def test_parse_and_tidy_keep_the_last_value_of_a_repeated_step():
@@ -51,11 +52,14 @@ def test_config_hash_ignores_where_and_when_but_not_what():
 def test_collect_writes_tidy_tables(archive):
     metrics = pd.read_csv(archive / "metrics.csv")
     runs = pd.read_csv(archive / "runs.csv")
-    assert list(metrics.columns) == ["task", "size", "method", "seed", "step", "metric", "value", "git_commit",
-                                     "config_hash", "provenance"]
-    # 9 runs x (2 val rows + 2 train steps x 8 metrics)
-    assert len(metrics) == 9 * (2 + 16)
-    assert set(metrics["provenance"]) == {"ours:tiny:cpu"} and set(metrics["git_commit"]) == {"abc123"}
+    assert list(metrics.columns) == ["task", "size", "method", "seed", "step", "metric", "value", "provenance"]
+    # 9 runs x (2 val rows + 2 train steps x 7 metrics); timing_s/step goes to provenance.json
+    assert len(metrics) == 9 * (2 + 14) and "timing_s/step" not in set(metrics["metric"])
+    assert set(metrics["provenance"]) == {"ours:tiny:cpu"}
+    prov = json.loads((archive / PROVENANCE_FILE).read_text())["ours:tiny:cpu"]
+    assert len(prov) == 9 and prov["math/tiny/ppo/seed1"] == {
+        "git_commit": "abc123", "config_hash": prov["math/tiny/ppo/seed1"]["config_hash"], "wall_time_s": 11.0,
+        "metrics": [{"step": 1, "timing_s/step": 1.5}, {"step": 2, "timing_s/step": 1.5}]}
     row = runs[(runs["task"] == "math") & (runs["method"] == "tre_k") & (runs["seed"] == 1)].iloc[0]
     assert (row["final_val_score"], row["best_val_score"], row["best_step"], row["last_step"]) == (0.7, 0.8, 0, 2)
     assert row["status"] == "completed" and row["val_metric"] == "val-core/math/reward/mean@1" and row["run_dir"] == "math/tiny/tre_k/seed1"
@@ -65,7 +69,7 @@ def test_collect_writes_tidy_tables(archive):
 
 
 def test_recollect_is_idempotent_and_replaces_reruns(archive, runs_dir, make_run):
-    before = {p: (archive / p).read_bytes() for p in ("metrics.csv", "metrics.parquet", "runs.csv", "eval.csv")}
+    before = {p: (archive / p).read_bytes() for p in ("metrics.csv", "metrics.parquet", "runs.csv", "eval.csv", PROVENANCE_FILE)}
     collect(runs_dir, archive)
     assert {p: (archive / p).read_bytes() for p in before} == before
     # A second runs dir with a re-run of one seed and a new method: the re-run replaces, the rest accumulates.
@@ -118,5 +122,41 @@ def test_recollect_keeps_all_digit_commits_verbatim(tmp_path, make_run):
     make_run(tmp_path / "runs2", "math", "tiny", "ppo", 1, {0: 0.1, 2: 0.3})
     collect(tmp_path / "runs", tmp_path / "results")
     collect(tmp_path / "runs2", tmp_path / "results")  # merges with the rows already on disk
-    runs = pd.read_csv(tmp_path / "results" / "runs.csv", dtype={"git_commit": str})
-    assert runs["git_commit"].tolist() == ["0012345", "abc123"]
+    prov = json.loads((tmp_path / "results" / PROVENANCE_FILE).read_text())["ours:tiny:cpu"]
+    assert [prov[r]["git_commit"] for r in ("math/tiny/ppo/seed0", "math/tiny/ppo/seed1")] == ["0012345", "abc123"]
+
+
+def _clone_runs(root, config_path: str, wall: float, timing: float, make_run) -> None:
+    """The same two runs as another machine/clone makes them: other absolute paths, wall times and timings."""
+    for method, seed in (("ppo", 0), ("tre_k", 1)):
+        d = make_run(root, "math", "tiny", method, seed, {0: 0.1, 2: 0.3 + seed},
+                     {s: {"actor/entropy": 1.0 + s, "timing_s/step": timing * s, "perf/throughput": 100.0 / timing,
+                          "perf/total_num_tokens": 64.0} for s in (1, 2)})
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["resolved"] = {"actor_rollout_ref": {"model": {"path": f"{config_path}/models/tiny/warm"}}}
+        (d / "config.json").write_text(json.dumps({**cfg, "git_commit": config_path[-6:], "created": f"t{wall}"}))
+        summary = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**summary, "wall_time_s": wall + seed}))
+
+
+def test_archive_of_the_same_runs_from_two_clones_differs_only_in_provenance(tmp_path, make_run):
+    # Two clones at different absolute paths, different wall times and step timings, same scores.
+    a, b = tmp_path / "clone_a", tmp_path / "elsewhere" / "clone_b"
+    _clone_runs(a / "runs", str(a), 60.0, 1.5, make_run)
+    _clone_runs(b / "runs", str(b), 75.5, 2.25, make_run)
+    collect(a / "runs", a / "results")
+    collect(b / "runs", b / "results")
+    files = sorted(p.name for p in (a / "results").iterdir())
+    assert files == ["eval.csv", "metrics.csv", "metrics.parquet", "provenance.json", "runs.csv"]
+    for name in files:
+        same = (a / "results" / name).read_bytes() == (b / "results" / name).read_bytes()
+        assert same != (name == PROVENANCE_FILE), name
+    for results in (a / "results", b / "results"):
+        assert str(tmp_path) not in "".join((results / n).read_text() for n in files if n != "metrics.parquet" and n != PROVENANCE_FILE)
+    # the volatile fields are kept, per run, in the provenance file only
+    prov = json.loads((b / "results" / PROVENANCE_FILE).read_text())["ours:tiny:cpu"]["math/tiny/tre_k/seed1"]
+    assert prov["wall_time_s"] == 76.5 and prov["git_commit"] == "lone_b" and len(prov["config_hash"]) == 12
+    assert prov["metrics"] == [{"step": 1, "perf/throughput": 100.0 / 2.25, "timing_s/step": 2.25},
+                               {"step": 2, "perf/throughput": 100.0 / 2.25, "timing_s/step": 4.5}]
+    metrics = pd.read_csv(b / "results" / "metrics.csv")
+    assert sorted(set(metrics["metric"])) == ["actor/entropy", "perf/total_num_tokens", "val-core/math/reward/mean@1"]

@@ -65,6 +65,26 @@ def test_dists_cli_from_a_runs_dir(policies, tmp_path):
     assert (tmp_path / "out" / "figure1.png").stat().st_size > 10_000
 
 
+def test_dists_store_repo_relative_paths_and_name_the_runs(policies, tmp_path, monkeypatch):
+    # A clone at tmp_path whose entropy run names its base model by absolute path (as verl's config does).
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(policies["base"], tmp_path / "models" / "tiny" / "warm")
+    for method, stage in (("entropy", "entropy"), ("tre_k", "tre")):
+        d = tmp_path / "runs" / "math" / "tiny" / method / "seed2"
+        shutil.copytree(policies[stage], d / "checkpoints" / "global_step_4" / "actor" / "huggingface")
+        (d / "config.json").write_text(json.dumps({"resolved": {"actor_rollout_ref": {"model": {
+            "path": str(tmp_path / "models" / "tiny" / "warm")}}}}))
+    assert main(["dists", "--runs", "runs", "--task", "math", "--seed", "2", "--tre-method", "tre_k", "--prompt",
+                 "What is $1 + 1$?", "--response-prefix", "$1 + 1 =", "--keep", "3", "--results", "results"]) == 0
+    df = pd.read_csv(tmp_path / "results" / "next_token_dists.csv", keep_default_na=False)
+    firsts = df.groupby("stage", sort=False).first()
+    assert firsts["model"].tolist() == ["models/tiny/warm", "runs/math/tiny/entropy/seed2/checkpoints/global_step_4/actor/huggingface",
+                                        "runs/math/tiny/tre_k/seed2/checkpoints/global_step_4/actor/huggingface"]
+    assert str(tmp_path) not in (tmp_path / "results" / "next_token_dists.csv").read_text()
+    assert firsts["method"].tolist() == ["", "entropy", "tre_k"] and firsts["seed"].tolist() == ["", "2", "2"]
+    assert set(df["prompt"]) == {"What is $1 + 1$?"} and set(df["response_prefix"]) == {"$1 + 1 ="}
+
+
 def test_dists_cli_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["dists", "--base", "x"])

@@ -178,7 +178,7 @@ def test_scoring_failure_is_a_500_line_and_server_survives(tiny_rm_dir):
         model_path, devices, max_batch, max_length = "m", ["cpu"], 1, 8
         calls = 0
 
-        def score(self, prompts, responses):
+        def score(self, prompts, responses, cancelled=None):
             Flaky.calls += 1
             if Flaky.calls == 1:
                 raise RuntimeError("CUDA out of memory\nlong trace")
@@ -231,7 +231,8 @@ def test_cli_serve_bad_args_exit_2(tmp_path, capsys):
         main(["serve", "--model", str(tmp_path / "none")])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        f"python -m evaluation.reward_model serve: error: --model {tmp_path / 'none'}: not a directory")
+        f"python -m evaluation.reward_model serve: error: --model {tmp_path / 'none'}: not a directory; expected a "
+        "directory written by `python -m evaluation.reward_model train`")
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--model", str(tmp_path), "--max-batch", "0"])
     assert exc.value.code == 2
@@ -251,3 +252,137 @@ def test_hh_reward_client_against_the_live_server(url, scorer):
         scorer.score(PROMPTS[6:9], RESPONSES[6:9]) + scorer.score(PROMPTS[9:], RESPONSES[9:])
     with pytest.raises(hh.RewardServerError, match="rejected the request"):
         hh.request_rewards(["a"] * 65, ["b"] * 65, url=f"{url}/predict", chunk_size=65, retries=1)
+
+
+DEEP = "[" * 3000 + "]" * 3000  # deeper than Python's JSON parser recurses
+
+
+def test_deep_json_and_lone_surrogates_get_4xx_naming_the_field(url):
+    expected = '{"prompts": [str, ...], "responses": [str, ...]}'
+    cases = [
+        (DEEP, 400, f"body: JSON nested too deeply; expected {expected}"),
+        ('{"prompts": %s, "responses": ["a"]}' % DEEP, 400, f"prompts: JSON nested too deeply; expected {expected}"),
+        ('{"prompts": ["a"], "responses": [{"x": %s}]}' % DEEP, 400,
+         f"responses: JSON nested too deeply; expected {expected}"),
+        ('{"prompts": ["a\\ud800"], "responses": ["b"]}', 422,
+         "prompts[0]: lone surrogate U+D800 at character 1; strings must be valid Unicode"),
+        ('{"prompts": ["a", "b"], "responses": ["ok \\ud83d\\ude00", "\\udfff x"]}', 422,
+         "responses[1]: lone surrogate U+DFFF at character 0; strings must be valid Unicode"),
+    ]
+    for body, status, message in cases:
+        resp = httpx.post(f"{url}/predict", content=body.encode(), headers={"content-type": "application/json"},
+                          timeout=30)
+        assert (resp.status_code, resp.json()) == (status, {"error": message}), body[:40]
+    # a surrogate pair is one valid character, and the server keeps serving
+    ok = httpx.post(f"{url}/predict", json={"prompts": ["a"], "responses": ["ok \U0001F600"]}, timeout=30)
+    assert ok.status_code == 200 and len(ok.json()["rewards"]) == 1
+
+
+@pytest.fixture(scope="module")
+def token_url(scorer):
+    """A live server that requires a bearer token."""
+    with running(create_app(scorer, Limits(max_request=64, max_body_bytes=20_000), token="s3cret-token")) as base:
+        yield base
+
+
+def test_token_is_required_and_sent_by_the_hh_client(token_url, scorer, monkeypatch):
+    from evaluation.tasks import hh
+
+    body = {"prompts": ["a"], "responses": ["b"]}
+    message = ("authorization: missing or wrong token; send the header 'Authorization: Bearer <token>' with the "
+               "server's $REWARD_SERVER_TOKEN")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"}):
+        resp = httpx.post(f"{token_url}/predict", json=body, headers=headers, timeout=30)
+        assert (resp.status_code, resp.json()) == (401, {"error": message})
+    good = httpx.post(f"{token_url}/predict", json=body, headers={"Authorization": "Bearer s3cret-token"}, timeout=30)
+    assert good.json() == {"rewards": scorer.score(["a"], ["b"])}
+    assert httpx.get(f"{token_url}/health", timeout=10).status_code == 200  # readiness probes need no token
+
+    monkeypatch.setenv(hh.TOKEN_ENV, "s3cret-token")
+    assert hh.request_rewards(PROMPTS[:2], RESPONSES[:2], url=f"{token_url}/predict") == scorer.score(
+        PROMPTS[:2], RESPONSES[:2])
+    monkeypatch.setenv(hh.TOKEN_ENV, "stale")
+    with pytest.raises(hh.RewardServerError, match=r"refused the token \(HTTP 401.*set REWARD_SERVER_TOKEN"):
+        hh.request_rewards(["a"], ["b"], url=f"{token_url}/predict", retries=3, backoff_s=0.01)
+
+
+def test_a_client_that_disconnects_stops_the_scoring(tiny_rm_dir):
+    scorer = RewardScorer(str(tiny_rm_dir), ["cpu"], max_batch=1)
+    forwards = []
+    scorer.replicas[0][0].register_forward_hook(lambda *_: forwards.append(time.monotonic()))
+    n = 400
+    body = json.dumps({"prompts": ["Tell me a story."] * n, "responses": ["Once upon a time " * 20] * n}).encode()
+    with running(create_app(scorer)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            deadline = time.monotonic() + 60
+            while len(forwards) < 3:  # scoring has started
+                assert time.monotonic() < deadline, "scoring did not start"
+                time.sleep(0.01)
+        closed_at = len(forwards)
+        # wait until no forward pass for a while (bounded): the old server went on to score all n pairs
+        quiet_s = max(1.0, 10 * (forwards[-1] - forwards[0]) / (len(forwards) - 1))
+        deadline = time.monotonic() + 180
+        while time.monotonic() - forwards[-1] < quiet_s and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped_at = len(forwards)
+        assert stopped_at - closed_at < n // 4, (closed_at, stopped_at)
+        # and the server still answers the next client
+        resp = httpx.post(f"{base}/predict", json={"prompts": ["a"], "responses": ["b"]}, timeout=30)
+        assert resp.status_code == 200 and len(forwards) == stopped_at + 1
+
+
+def test_serve_warns_when_bound_beyond_loopback_without_a_token(tiny_rm_dir, monkeypatch, capsys):
+    import uvicorn
+
+    from evaluation.reward_model import server
+
+    binds = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: binds.append((host, port)))
+    warning = ("warning: serving on 0.0.0.0:8899 without a token: anyone who can reach this address can use the "
+               "server; set REWARD_SERVER_TOKEN (the clients send it too)\n")
+    for host, token, err in [("0.0.0.0", None, warning), ("0.0.0.0", "t", ""), ("127.0.0.1", None, ""),
+                             ("::1", None, ""), ("localhost", None, "")]:
+        server.serve(str(tiny_rm_dir), host=host, port=8899, device="cpu", token=token)
+        assert capsys.readouterr().err == err, host
+    assert [h for h, _ in binds] == ["0.0.0.0", "0.0.0.0", "127.0.0.1", "::1", "localhost"]
+
+
+def test_cli_serve_on_an_empty_or_corrupt_model_dir_is_one_line(tiny_rm_dir, tmp_path, capsys):
+    import shutil
+
+    from evaluation.reward_model.__main__ import main
+
+    expected = "expected a directory written by `python -m evaluation.reward_model train`"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad_config = tmp_path / "bad_config"
+    shutil.copytree(tiny_rm_dir, bad_config)
+    (bad_config / "config.json").write_text("{not json")
+    cut_weights = tmp_path / "cut_weights"
+    shutil.copytree(tiny_rm_dir, cut_weights)
+    weights = (cut_weights / "model.safetensors").read_bytes()
+    (cut_weights / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(tiny_rm_dir, no_tokenizer)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (no_tokenizer / name).unlink()
+    cases = [
+        (empty, f"--model {empty}: no config.json; {expected}"),
+        (bad_config, f"--model {bad_config}: config.json is not valid JSON (Expecting property name enclosed in "
+                     f"double quotes: line 1 column 2 (char 1)); {expected}"),
+        (cut_weights, f"--model {cut_weights}: cannot load the reward model (SafetensorError: "),
+        (no_tokenizer, f"--model {no_tokenizer}: no tokenizer (tokenizer.json or tokenizer_config.json); {expected}"),
+    ]
+    port = _free_port()
+    for model, message in cases:
+        with pytest.raises(SystemExit) as exc:  # any other exception is a traceback
+            main(["serve", "--model", str(model), "--port", str(port), "--device", "cpu"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"python -m evaluation.reward_model serve: error: {message}"), err
+        assert err.rstrip().endswith(expected)
+    with socket.socket() as s:  # nothing was left bound to the port
+        s.bind(("127.0.0.1", port))

@@ -2,7 +2,6 @@
 
 import json
 import time
-from fractions import Fraction
 
 import pytest
 
@@ -35,30 +34,61 @@ def test_extract_equation_follows_authors_regex(response, equation):
     assert c.extract_equation(response) == equation
 
 
+# Each value is what Python's eval gives the string (ints stay ints, / makes floats, // floors), None where eval
+# raises (the authors score those 0).
 @pytest.mark.parametrize(
     "equation, value",
     [
-        ("4 * 6 * 1", Fraction(24)),
-        ("(6 - 4) / 4", Fraction(1, 2)),
-        ("-(3 - 5)", Fraction(2)),
-        ("2.5 * 2", Fraction(5)),
+        ("4 * 6 * 1", 24),
+        ("(6 - 4) / 4", 0.5),
+        ("-(3 - 5)", 2),
+        ("2.5 * 2", 5.0),
+        ("10 / 3 * 3", 10.0),
+        ("2**3", 8),
+        ("2 ** -1", 0.5),
+        ("-2**2", -4),  # ** binds tighter than unary minus
+        ("2**3**2", 512),  # and is right-associative
+        ("7//2", 3),
+        ("-7 // 2", -4),  # floor, not truncation
+        ("7.5 // 2", 3.0),
+        ("1. + .5", 1.5),
+        ("00 + 1", 1),
+        ("01 + 1", None),  # leading zeros are a SyntaxError in Python 3
+        ("(4 *\n 6)", 24),  # a newline inside parentheses is fine
+        ("4 *\n 6", None),
+        ("(0 - 8) ** (1 / 3)", (-8) ** (1 / 3)),  # a complex number, as in Python
         ("1/0", None),
         ("1/(2-2)", None),
-        ("2**3", None),
-        ("7//2", None),
+        ("1.0 // 0", None),
+        ("0 ** -1", None),
+        ("1.5 ** 100000", None),  # float overflow raises
         ("7 % 2", None),
         ("abs(-3)", None),
         ("__import__('os')", None),
+        ("(4)(6)", None),  # calling an int: TypeError
+        ("()", None),
+        ("...", None),
         ("1 +", None),
-        ("\u0663 + 1", None),  # Arabic-Indic digit three
-        ("(" * 150 + "1" + ")" * 150, None),
-        ("(" * 90 + "1" + ")" * 90, Fraction(1)),
-        ("+".join(["1"] * 300), None),
-        ("99999999 * 99999999", None),
+        ("\u0663 + 1", None),  # Arabic-Indic digit three: passes the character check, fails Python's parser
+        ("4 *\u00a06", None),  # so does a no-break space
+        ("(" * 200 + "1" + ")" * 200, 1),  # Python's parser allows 200 nested parentheses
+        ("(" * 201 + "1" + ")" * 201, None),
+        ("-" * 2000 + "1", 1),  # deeper than Python recursion, still parsed by Python
+        ("-" * 3000 + "1", None),  # beyond Python's own limit
+        ("+".join(["1"] * 300), 300),
+        ("99999999 * 99999999", 9999999800000001),
+        ("99 ** 99 - 99 ** 99", 0),
+        ("1 ** 99 ** 99", 1),  # a huge exponent of 1 is cheap, as in Python
+        ("9 ** 9 ** 9", None),  # 1.2e9 bits: over MAX_INT_BITS (Python would take minutes)
+        ("2 ** (2 ** 20)", None),
+        ("(3 ** 200) ** (3 ** 200)", None),
+        ("2 ** 99 ** 99 * 0", None),
+        ("(2 ** 200000) * (2 ** 200000)", None),
     ],
 )
 def test_evaluate_equation(equation, value):
-    assert c.evaluate_equation(equation) == value
+    result = c.evaluate_equation(equation)
+    assert result == value and type(result) is type(value)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +100,11 @@ def test_evaluate_equation(equation, value):
         (answer("6 * 4 * 1 * 1"), 0.0),  # 1 reused
         (answer("6 * 4 + 1"), 0.0),  # wrong value
         (answer("6 * 4 * 1 = 24"), 0.0),  # '=' is outside the allowed characters
-        (answer("6 ** 4 * 1"), 0.0),  # no power
+        (answer("6 ** 4 * 1"), 0.0),  # 1296
+        (answer("(6 - 1) ** 4"), 0.0),  # 625: each number once, value wrong
+        (answer("6 * 4 ** 1"), 1.0),  # ** counts, as in the authors' eval
+        (answer("(6 // 1) * 4"), 1.0),  # and so does //
+        (answer("((6 * 4)) // 1"), 1.0),
         (answer("6 * 4 / (1 - 1)"), 0.0),
         ("<answer>4 * 6 * 1</answer>", 0.0),  # missing <think>
         ("<think>4 * 6 * 1 = 24</think>", 0.0),  # missing <answer>
@@ -81,6 +115,15 @@ def test_evaluate_equation(equation, value):
 )
 def test_score_rules(response, reward):
     assert c.score(response, GT) == reward
+
+
+def test_power_floor_division_and_long_answers_score_like_the_authors_eval():
+    assert c.score(answer("4**2 - 16"), {"target": 0, "numbers": [4, 2, 16]}) == 1.0
+    assert c.score(answer("29 // 2 + 9"), {"target": 23, "numbers": [29, 2, 9]}) == 1.0
+    assert c.score(answer("29 / 2 + 9"), {"target": 23, "numbers": [29, 2, 9]}) == 0.0  # 23.5
+    assert c.score(answer("(" + " " * 5000 + "4 * 6 * 1" + " " * 5000 + ")"), GT) == 1.0
+    assert c.score(answer("(((((" + " \n " * 2000 + "4 * 6 * 1)))))"), GT) == 1.0
+    assert c.score(answer("-" * 2000 + "(4 * 6 * 1)"), GT) == 1.0  # an even number of minus signs
 
 
 def test_score_tolerance_and_ground_truth_forms():
@@ -100,9 +143,20 @@ def test_adversarial_inputs_are_bounded():
         answer("4 * 6 * 1" + " " * 100_000),  # whitespace is stripped: still correct
         "<think></think>" * 7000 + "<answer>4 * 6 * 1</answer>",
         answer("9" * 5000 + " * 4 * 6 * 1"),
+        answer("-" * 5999 + "4 * 6 * 1"),
+        answer("(" * 200 + "-" * 2990 + "4 * 6 * 1" + ")" * 200),
+        answer(" " * 200_000 + "(4 * 6 * 1)" + "()" * 50_000),
+        answer("4 * 6 * 1" + " + ..." * 30_000),
+    ]
+    towers = [  # (response, ground truth): Python would take minutes to hours or run out of memory
+        (answer("9**9**9"), {"target": 0, "numbers": [9, 9, 9]}),
+        (answer("99 ** 99 ** 99 - 99 ** 99 ** 99"), {"target": 0, "numbers": [99] * 6}),
+        (answer("(2 ** 3 ** 4 ** 5) // 2"), {"target": 1, "numbers": [2, 3, 4, 5, 2]}),
+        (answer("2 ** (3 ** 11) * 4 ** (5 ** 7)"), {"target": 1, "numbers": [2, 3, 11, 4, 5, 7]}),
     ]
     start = time.monotonic()
-    assert [c.score(text, GT) for text in huge] == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    assert [c.score(text, GT) for text in huge] == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert [c.score(text, truth) for text, truth in towers] == [0.0] * len(towers)
     assert time.monotonic() - start < 2.0
 
 

@@ -153,3 +153,35 @@ def test_verl_batch_manager_entry_point_by_file_path(server, monkeypatch):
     rewards = fn(data_sources=np.array(["hh", "hh"], dtype=object), solution_strs=["ok", "longer"],
                  ground_truths=[{"prompt": "q"}, {"prompt": "qq"}], extra_infos=np.array([None, None], dtype=object))
     assert rewards == [5.0, 14.0]
+
+
+def test_token_from_the_environment_is_sent_as_a_bearer_header(monkeypatch):
+    app = FastAPI()
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        if request.headers.get("authorization") != "Bearer t0k3n":
+            return JSONResponse({"error": "authorization: missing or wrong token"}, status_code=401)
+        body = await request.json()
+        return {"rewards": [float(len(r)) for r in body["responses"]]}
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        url = f"http://127.0.0.1:{port}/predict"
+        monkeypatch.setenv(hh.TOKEN_ENV, "t0k3n")
+        assert hh.request_rewards(["a"], ["bcd"], url=url) == [3.0]
+        monkeypatch.delenv(hh.TOKEN_ENV)
+        start = time.monotonic()
+        with pytest.raises(hh.RewardServerError, match=r"refused the token \(HTTP 401.*set REWARD_SERVER_TOKEN"):
+            hh.request_rewards(["a"], ["b"], url=url, retries=5, backoff_s=1.0)
+        assert time.monotonic() - start < 1.0  # not retried
+    finally:
+        srv.should_exit = True
+        thread.join(10)

@@ -36,12 +36,24 @@ def test_strip_string_known_outputs(raw, normalised):
     assert m.strip_string(raw) == normalised
 
 
-def test_is_equiv_falls_back_to_raw_comparison_when_normalisation_fails():
-    # "x/2" makes the a/b fix raise (int("x")), as in the reference, so only identical raw strings match.
-    assert m.is_equiv("x/2", "x/2") is True
-    assert m.is_equiv("x/2", "x/ 2") is False
+def test_is_equiv_keeps_non_integer_a_slash_b_and_falls_back_to_raw_strings_on_errors():
+    # verl's fix_a_slash_b swallows int("x") and returns the string, so normalisation goes on (spaces removed).
+    assert m.is_equiv("x/2", "x/ 2") is True
+    assert m.is_equiv("\\pi/ 3", "\\pi/3") is True
+    assert m.is_equiv("x/2", "x/3") is False
+    # "\\sqrt" with nothing after it makes fix_sqrt index an empty string: the raw strings are compared instead.
+    assert m.is_equiv("2\\sqrt", "2\\sqrt") is True
+    assert m.is_equiv("2\\sqrt", "2 \\sqrt") is False
     assert m.is_equiv(None, None) is True
     assert m.is_equiv(None, "1") is False
+
+
+def test_scorer_is_verls_own_file():
+    import importlib.metadata
+
+    assert importlib.metadata.version("verl") == "0.4.1"
+    assert m.VERL_MATH.__file__.endswith("verl/utils/reward_score/math.py")
+    assert m.strip_string is m.VERL_MATH.strip_string
 
 
 @pytest.mark.parametrize(
@@ -51,16 +63,21 @@ def test_is_equiv_falls_back_to_raw_comparison_when_normalisation_fails():
         ("first \\boxed{1} then \\boxed{\\frac{2}{3}}", "\\frac{2}{3}"),
         ("nested \\boxed{\\frac{\\sqrt{2}}{2}} end", "\\frac{\\sqrt{2}}{2}"),
         ("answer \\boxed 7$ done", "7"),
-        ("old style \\fbox{12}", "12"),
+        ("old style \\fbox{12}", ValueError),  # verl's remove_boxed asserts the \\boxed wrapper
+        ("\\boxed{11} then \\fbox{12}", "11"),  # \\fbox is looked for only when there is no \\boxed
         ("no answer here", None),
         ("unclosed \\boxed{3", None),
     ],
 )
 def test_extract_boxed_answer(text, boxed):
-    assert m.extract_boxed_answer(text) == boxed
+    if boxed is ValueError:
+        with pytest.raises(ValueError, match="^not a \\\\boxed expression"):
+            m.extract_boxed_answer(text)
+    else:
+        assert m.extract_boxed_answer(text) == boxed
 
 
-# (gold, predicted) -> (Hendrycks, math-verify); the table in notes/offline.md §4, run on this code.
+# (gold, predicted) -> (Hendrycks, math-verify), each value checked by hand against the rules of the two scorers.
 EQUIVALENCE_TABLE = [
     ("\\frac{3}{4}", "\\frac34", 1.0, 1.0),
     ("\\frac{3}{4}", "0.75", 0.0, 1.0),
@@ -81,6 +98,8 @@ EQUIVALENCE_TABLE = [
     ("[2,5)", "[2,5]", 0.0, 0.0),
     ("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}", 0.0, 1.0),
     ("-\\frac{2}{3}", "-2/3", 0.0, 1.0),
+    ("x/5", "x / 5", 1.0, 1.0),  # verl keeps a non-integer a/b and removes its spaces
+    ("\\pi/3", "\\pi/ 3", 1.0, 1.0),
 ]
 
 
@@ -96,6 +115,8 @@ def test_hendrycks_uses_last_box_and_needs_one():
     assert m.score("\\boxed{4} no wait \\boxed{3}", "4") == 0.0
     assert m.score("the answer is 4", "4") == 0.0
     assert m.score("\\boxed\\frac12", "\\frac12") == 0.0
+    assert m.score("\\fbox{4}", "4") == 0.0  # verl's remove_boxed asserts the \\boxed wrapper
+    assert m.score("\\fbox{3} then \\boxed{4}", "4") == 1.0
     assert m.score("x" * 100_000 + "\\boxed{4}", "4") == 1.0
 
 

@@ -178,3 +178,180 @@ def test_attach_only_to_a_live_job_of_the_same_step(tmp_path):
     assert L.attach(spec, "slurm", state_of=lambda j: "RUNNING") is None
     L.write_record(tmp_path, {**base, "state": "completed"})
     assert L.attach(spec, "slurm", state_of=lambda j: "RUNNING") is None
+
+
+def test_reward_env_names_are_the_hh_clients():
+    from evaluation.tasks import hh
+
+    assert (L.REWARD_URL_ENV, L.REWARD_TOKEN_ENV) == (hh.URL_ENV, hh.TOKEN_ENV)
+
+
+CLIENT = """
+import json, os, urllib.error, urllib.request
+url, token = os.environ["REWARD_SERVER_URL"], os.environ["REWARD_SERVER_TOKEN"]
+body = json.dumps({"prompts": ["p"], "responses": ["abc"]}).encode()
+def post(headers):
+    return json.loads(urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers)).read())
+try:
+    bare = post({}) and 200
+except urllib.error.HTTPError as e:
+    bare = e.code
+json.dump({"token": token, "launch": os.environ.get("TRE_LAUNCH_TOKEN"), "bare": bare,
+           "authed": post({"Authorization": "Bearer " + token})}, open("seen.json", "w"))
+"""
+
+
+def test_reward_server_and_command_share_a_token_no_file_holds(standin_workdir):
+    launch_token = "a1" * 32  # as a workflow run would export it
+    (standin_workdir / "client.py").write_text(CLIENT)
+    proc = _cli("run", "--name", "t", "--log-dir", "logs/t", "--cluster", "debug", "--reward-model", "models/rm/x",
+                "--", PY, "client.py", cwd=standin_workdir, env={"TRE_LAUNCH_TOKEN": launch_token})
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads((standin_workdir / "seen.json").read_text())
+    # the server wants the token the command got; the command never sees the launch token itself
+    assert seen == {"token": L.derived_secret(launch_token, "reward-server"), "launch": None, "bare": 401,
+                    "authed": {"rewards": [3.0]}}
+    for path in (standin_workdir / "logs").rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert seen["token"].encode() not in data and launch_token.encode() not in data, path
+
+
+def _rendezvous_in_thread(folder, rank, world, results):
+    import threading
+
+    def run():
+        try:
+            results[rank] = L.rendezvous(folder, rank, world, "t", timeout_s=30)
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            results[rank] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_rendezvous_refuses_connections_without_the_launch_token(tmp_path, monkeypatch):
+    import socket
+    import stat
+    import time
+
+    monkeypatch.setenv("TRE_LAUNCH_TOKEN", "b2" * 32)
+    results: dict = {}
+    head = _rendezvous_in_thread(tmp_path, 0, 2, results)
+    addr_file = tmp_path / "rendezvous-t-0.json"
+    deadline = time.monotonic() + 20
+    while not addr_file.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert stat.S_IMODE(addr_file.stat().st_mode) == 0o600
+    addr = json.loads(addr_file.read_text())
+    # a stranger speaking the plain protocol, and one with a forged MAC, are dropped without joining
+    for line in (json.dumps({"rank": 1, "host": "evil", "ip": "203.0.113.9"}),
+                 json.dumps({"payload": json.dumps({"rank": 1, "host": "evil"}), "mac": "00" * 32})):
+        with socket.create_connection((addr["ip"], addr["port"]), timeout=10) as conn:
+            conn.sendall(line.encode() + b"\n")
+            conn.settimeout(10)
+            assert conn.recv(1024) == b""  # closed on it, no peer table
+    # a rank of another launch (another token) is refused too, and learns nothing
+    monkeypatch.setenv("TRE_LAUNCH_TOKEN", "c3" * 32)
+    stranger: dict = {}
+    _rendezvous_in_thread(tmp_path, 1, 2, stranger).join(30)
+    assert isinstance(stranger[1], (L.StepFailed, OSError)), stranger
+    monkeypatch.setenv("TRE_LAUNCH_TOKEN", "b2" * 32)
+    _rendezvous_in_thread(tmp_path, 1, 2, results).join(30)
+    head.join(30)
+    assert [p["rank"] for p in results[0]] == [0, 1] and results[0] == results[1]
+    assert all(p.get("host") != "evil" for p in results[0])
+
+
+def test_ray_record_is_owner_only_and_holds_no_secret(tmp_path, monkeypatch):
+    import stat
+
+    # a stand-in `ray` that only listens on the --port it is given (the head's GCS port)
+    fake = tmp_path / "fake_ray.py"
+    fake.write_text("import socket, sys, time\n"
+                    "port = int(next(a.split('=')[1] for a in sys.argv if a.startswith('--port=')))\n"
+                    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                    "s.bind(('', port)); s.listen(); time.sleep(60)\n")
+    monkeypatch.setenv("TRE_LAUNCH_TOKEN", "d4" * 32)
+    monkeypatch.setattr(L, "_wait_ray_nodes", lambda *a, **k: None)
+    cmd = L.Command(argv=["true"], cwd=str(tmp_path), ray=True, ray_cmd=[PY, str(fake)], reward_model="m")
+    peers = [{"rank": 0, "ip": L._my_ip()}]
+    procs: list = []
+    try:
+        env = cmd._start_ray(tmp_path, 0, 1, peers, {"cpus": 1, "gpus": 0}, procs)
+    finally:
+        for proc in procs:
+            L.terminate_group(proc, grace_s=5)
+    record = tmp_path / "ray-0.json"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert set(json.loads(record.read_text())) == {"port"}  # Ray's token is derived, not stored
+    assert env["RAY_AUTH_TOKEN"] == L.derived_secret("d4" * 32, "ray-0") != "d4" * 32
+    assert env["REWARD_SERVER_TOKEN"] == L.derived_secret("d4" * 32, "reward-server")
+    assert stat.S_IMODE((tmp_path / "rendezvous-ray-head-0.json").stat().st_mode) == 0o600
+
+
+def _metric_lines(path: Path, steps) -> None:
+    with open(path, "a") as f:
+        f.writelines(json.dumps({"step": s, "actor/pg_loss": 0.1}) + "\n" for s in steps)
+
+
+def test_step_progress_prints_step_i_of_n_throttled(tmp_path):
+    import io
+
+    run = tmp_path / "runs" / "math" / "tiny" / "tre_k" / "seed0"
+    run.mkdir(parents=True)
+    now = [0.0]
+    out = io.StringIO()
+    p = L.StepProgress("train math/tiny/tre_k/seed0", run, every_s=10.0, stream=out, clock=lambda: now[0])
+    p.poll()  # nothing written yet
+    (run / "config.json").write_text(json.dumps({"total_steps": 16}))
+    _metric_lines(run / "metrics.jsonl", [0])
+    p.poll()  # step 0 is the validation before training: no progress yet
+    _metric_lines(run / "metrics.jsonl", range(1, 6))
+    p.poll()
+    now[0] = 3.0
+    _metric_lines(run / "metrics.jsonl", [6, 7])
+    p.poll()  # throttled: 3 s after the last line
+    now[0] = 12.0
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "actor/pg')  # a line being written
+    p.poll()
+    # a resumed run rewrites the file shorter (truncated to its checkpoint) and goes on
+    (run / "metrics.jsonl").write_text("")
+    _metric_lines(run / "metrics.jsonl", [0, 1, 2, 3, 4])
+    now[0] = 30.0
+    p.poll()
+    now[0] = 31.0
+    _metric_lines(run / "metrics.jsonl", range(5, 17))
+    p.poll()  # the last step is always shown
+    p.poll()
+    assert out.getvalue().splitlines() == ["train math/tiny/tre_k/seed0: step 5/16", "train math/tiny/tre_k/seed0: step 7/16",
+                                           "train math/tiny/tre_k/seed0: step 4/16", "train math/tiny/tre_k/seed0: step 16/16"]
+
+
+def test_step_progress_only_for_steps_with_a_run_dir(tmp_path):
+    spec = L.StepSpec(name="train", log_dir=tmp_path, cwd=str(tmp_path),
+                      argv=[PY, "-m", "tre.backend", "train", "--run-dir", "runs/math/tiny/ppo/seed1", "--seed", "1"])
+    p = L.StepProgress.for_step(spec)
+    assert (p.label, p.run_dir) == ("train math/tiny/ppo/seed1", tmp_path / "runs/math/tiny/ppo/seed1")
+    assert L.StepProgress.for_step(L.StepSpec(name="evaluate", log_dir=tmp_path, argv=["x", "evaluate", "runs/a"])) is None
+
+
+def test_training_progress_reaches_the_driving_terminal_not_only_the_log(tmp_path):
+    # The rule's shell gives the launcher the terminal on fd 3 (TRE_PROGRESS_FD) and its log on stdout/stderr.
+    step = ("d=runs/math/tiny/tre_k/seed0; mkdir -p $d; echo '{\"total_steps\": 3}' > $d/config.json; "
+            "for s in 0 1 2 3; do echo \"{\\\"step\\\": $s}\" >> $d/metrics.jsonl; sleep 0.3; done")
+    r, w = os.pipe()
+    proc = subprocess.run([PY, "-m", "workflow.launcher", "run", "--name", "train", "--log-dir", "logs/train/x",
+                           "--cluster", "local", "--", "bash", "-c", step, "_", "--run-dir", "runs/math/tiny/tre_k/seed0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, pass_fds=(w,),
+                          env={**os.environ, L.PROGRESS_FD_ENV: str(w)})
+    os.close(w)
+    with os.fdopen(r) as f:
+        terminal = f.read().splitlines()
+    assert proc.returncode == 0, proc.stderr
+    assert terminal and terminal[-1] == "train math/tiny/tre_k/seed0: step 3/3"
+    assert all(line.startswith("train math/tiny/tre_k/seed0: step ") for line in terminal)
+    assert "step 3/3" not in proc.stderr + proc.stdout  # the log keeps the launcher's own lines

@@ -97,6 +97,8 @@ def test_pipeline_runs_reruns_nothing_and_only_what_a_change_touches(standin_wor
         assert summary["hh_reward"] == (4.0 if run.startswith("hh") else None)
         assert json.loads((work / "logs/train" / run / "job.json").read_text())["state"] == "completed"
     assert (work / "results/figures/curves.pdf").exists() and (work / "results/figures/curves.png").exists()
+    # each training job's progress reaches Snakemake's terminal, not only its log
+    assert "train countdown/tiny/tre_k/seed0: step 1/1" in first.stderr
 
     report = snakemake(work, "all", "--configfile", cfg, "--report", "report.html")
     assert report.returncode == 0, report.stderr[-2000:]

@@ -144,20 +144,46 @@ def _reward_overrides(task: str) -> list[tuple[str, str]]:
             ("custom_reward_function.name", "compute_score")]
 
 
+# Method field -> the key under actor_rollout_ref.actor that carries it into verl (loss_params: policy_loss.<key>).
+METHOD_KEYS = {"entropy_coeff": "entropy_coeff", "policy_loss": "policy_loss.loss_mode", "entropy": "tre_entropy",
+               "top_k": "entropy_top_k", "top_p": "entropy_top_p", "max_candidates": "entropy_max_candidates"}
+
+
 def method_overrides(method: Method) -> list[tuple[str, str]]:
     """What makes `method` take effect in verl: policy loss, entropy kind/coefficient, TRE set, loss params."""
-    a = "actor_rollout_ref.actor"
-    out = [(f"{a}.entropy_coeff", repr(float(method.entropy_coeff)) if method.entropy_coeff else "0"),
-           (f"{a}.policy_loss.loss_mode", method.policy_loss),
-           (f"{a}.tre_entropy", method.entropy)]
+    a, k = "actor_rollout_ref.actor", METHOD_KEYS
+    out = [(f"{a}.{k['entropy_coeff']}", repr(float(method.entropy_coeff)) if method.entropy_coeff else "0"),
+           (f"{a}.{k['policy_loss']}", method.policy_loss),
+           (f"{a}.{k['entropy']}", method.entropy)]
     if method.top_k is not None:
-        out.append((f"{a}.entropy_top_k", str(method.top_k)))
+        out.append((f"{a}.{k['top_k']}", str(method.top_k)))
     if method.top_p is not None:
-        out.append((f"{a}.entropy_top_p", repr(float(method.top_p))))
+        out.append((f"{a}.{k['top_p']}", repr(float(method.top_p))))
     if method.entropy == "tre_p":
-        out.append((f"{a}.entropy_max_candidates", str(method.max_candidates)))
+        out.append((f"{a}.{k['max_candidates']}", str(method.max_candidates)))
     for key, value in method.loss_params.items():
         out.append((f"{a}.policy_loss.{key}", value if isinstance(value, str) else repr(value)))
+    return out
+
+
+def applied_method_fields(method: Method, resolved: Mapping) -> dict:
+    """The method's verl-borne fields as the resolved config applies them (a grid's or user's override wins)."""
+    actor = resolved.get("actor_rollout_ref", {}).get("actor", {})
+
+    def get(key: str):
+        node = actor
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    out = {f: get(key) for f, key in METHOD_KEYS.items() if get(key) is not None and getattr(method, f) is not None}
+    if "entropy_coeff" in out:
+        out["entropy_coeff"] = float(out["entropy_coeff"])
+    if method.loss_params:
+        out["loss_params"] = {k: get(f"policy_loss.{k}") if get(f"policy_loss.{k}") is not None else v
+                              for k, v in method.loss_params.items()}
     return out
 
 

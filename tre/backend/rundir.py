@@ -206,15 +206,28 @@ def method_record(method) -> dict[str, Any]:
     return {f.name: (dict(getattr(method, f.name)) if f.name == "loss_params" else getattr(method, f.name)) for f in fields(method)}
 
 
+def applied_method_record(method, resolved: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the method as the run applied it, the registry's values that the run's overrides replaced)."""
+    from tre.backend.profiles import applied_method_fields
+
+    registry = method_record(method)
+    applied = {**registry, **applied_method_fields(method, resolved)}
+    return applied, {k: v for k, v in registry.items() if applied[k] != v}
+
+
 def config_record(spec, method, overrides: list[str], resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """The config.json object of a run."""
+    """The config.json object of a run; method_spec holds the values verl ran with, not only the registry's."""
+    applied, replaced = applied_method_record(method, resolved)
     return {
         "task": spec.task,
         "size": spec.size,
         "method": spec.method,
         "seed": spec.seed,
         "profile": spec.profile,
-        "method_spec": method_record(method),
+        "method_spec": applied,
+        "method_registry": replaced,  # e.g. {"entropy_coeff": 0.001} where the tiny grid applies 0.3
+        # the planned steps when the config fixes them (else verl derives them from data size x epochs): i of N
+        "total_steps": (resolved.get("trainer") or {}).get("total_training_steps"),
         "overrides": list(overrides),
         "resolved": resolved,
         "git_commit": git_commit(Path(__file__).resolve().parent),

@@ -19,6 +19,9 @@ def model_inputs(*paths):
 
 
 def shell_logged(cmd, log):
-    """Run a built command line from a `run:` block with its output to log (braces in it are not placeholders)."""
-    full = f"{cmd} > {shlex.quote(str(log))} 2>&1"
+    """Run a built command line from a `run:` block with its output to log (braces in it are not placeholders).
+
+    fd 3 stays on Snakemake's terminal: the launcher prints its jobs' progress lines there (TRE_PROGRESS_FD).
+    """
+    full = f"TRE_PROGRESS_FD=3 {cmd} 3>&2 > {shlex.quote(str(log))} 2>&1"
     shell(full.replace("{", "{{").replace("}", "}}"))

@@ -21,6 +21,7 @@ if not ARCHIVE_ONLY:
             [f"{r.run_dir}/eval/launch.json" for r in RUNS],
         output:
             TABLES,
+            "results/provenance.json",
         log:
             "logs/collect/collect.log",
         shell:

@@ -10,6 +10,7 @@ if sys.argv[1] == "collect":
     runs = sorted(str(p.parent) for p in Path(sys.argv[2]).rglob("summary.json"))
     for name in ("metrics", "runs", "eval"):
         write(f"{arg('--results')}/{name}.csv", "run\n" + "\n".join(runs) + "\n")
+    write(f"{arg('--results')}/provenance.json", json.dumps({"runs": runs}))
 elif sys.argv[1] == "dists":
     write(f"{arg('--results')}/next_token_dists.csv", "stage,rank,prob\n")
 elif sys.argv[1].startswith("table"):

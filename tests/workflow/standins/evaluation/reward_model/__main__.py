@@ -1,5 +1,6 @@
 """Stand-in: python -m evaluation.reward_model train --out DIR ... | serve --model DIR --host H --port P"""
 import json
+import os
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,6 +17,9 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200 if self.path == "/health" else 404, {"status": "ok", "model": arg("--model")})
 
     def do_POST(self):
+        token = os.environ.get("REWARD_SERVER_TOKEN")  # as the real server: required when set
+        if token and self.headers.get("Authorization") != f"Bearer {token}":
+            return self._send(401, {"error": "authorization: missing or wrong token"})
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self._send(200, {"rewards": [float(len(r)) for r in body["responses"]]})
 

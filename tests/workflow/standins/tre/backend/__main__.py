@@ -13,9 +13,11 @@ reward = None
 if task == "hh":  # score one response through the reward server the launcher started
     req = urllib.request.Request(os.environ["REWARD_SERVER_URL"], method="POST",
                                  data=json.dumps({"prompts": ["p"], "responses": ["abcd"]}).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": f"Bearer {os.environ['REWARD_SERVER_TOKEN']}"})
     reward = json.loads(urllib.request.urlopen(req, timeout=10).read())["rewards"][0]
-write(f"{run_dir}/config.json", json.dumps({"task": task, "method": arg("--method"), "argv": sys.argv[1:]}))
+write(f"{run_dir}/config.json", json.dumps({"task": task, "method": arg("--method"), "total_steps": 1,
+                                           "argv": sys.argv[1:]}))
 write(f"{run_dir}/metrics.jsonl", json.dumps({"step": 1, "critic/score/mean": 0.5}) + "\n")
 write(f"{run_dir}/summary.json", json.dumps({"task": task, "size": arg("--size"), "method": arg("--method"),
                                              "seed": int(arg("--seed")), "steps": 1, "hh_reward": reward,
