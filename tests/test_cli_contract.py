@@ -100,10 +100,17 @@ def collect_archive(root: Path, name: str) -> None:
     collect(root / "rruns", root / name)
 
 
-def archive_with_bad_eval_table(root: Path) -> None:
-    """A valid archive whose eval.csv lacks columns: collect must not rewrite the other tables either."""
-    collect_archive(root, "results_eval")
-    (root / "results_eval" / "eval.csv").write_text("task\nmath\n")
+def archive_with_broken(name: str, text: str) -> Callable[[Path], None]:
+    """An archive collected from the run, then one of its files broken and the run grown by a step: collecting again
+    would rewrite the other tables, and must not, since this file makes the archive unusable."""
+
+    def setup(root: Path) -> None:
+        collect_archive(root, "archive")
+        (root / "archive" / name).write_text(text)
+        with (root / "rruns" / "math" / "tiny" / "ppo" / "seed0" / "metrics.jsonl").open("a") as f:
+            f.write('{"step": 2, "val-core/math/reward/mean@1": 0.75}\n')
+
+    return setup
 
 
 def train_argv(*extra: str, data: str = "data", model: str = "model", run_dir: str = "run") -> list[str]:
@@ -200,7 +207,9 @@ CASES = [
     Case("figures-collect-into-archive-missing-column", "figures.__main__", ["collect", "rruns", "--results", "results_nocol"],
          "runs.csv"),
     Case("figures-collect-into-archive-with-bad-eval-table", "figures.__main__",
-         ["collect", "rruns", "--results", "results_eval"], "eval.csv", archive_with_bad_eval_table),
+         ["collect", "rruns", "--results", "archive"], "eval.csv", archive_with_broken("eval.csv", "task\nmath\n")),
+    Case("figures-collect-into-archive-with-broken-provenance", "figures.__main__",
+         ["collect", "rruns", "--results", "archive"], "provenance.json", archive_with_broken("provenance.json", "{oops")),
     Case("figures-collect-into-empty-table", "figures.__main__", ["collect", "rruns", "--results", "results_empty"], "runs.csv"),
     Case("figures-table-from-empty-table", "figures.__main__", ["table_final", "--results", "results_empty", "--out", "t"],
          "runs.csv"),
