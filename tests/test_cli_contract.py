@@ -311,15 +311,17 @@ def test_prepare_keeps_an_existing_pair_when_a_split_is_empty(tmp_path):
     assert snapshot(out) == before
 
 
-@pytest.mark.parametrize("module, argv, names", [
-    ("evaluation.tasks", ["prepare", "math", "--source", "bad/numbers.json", "--train-size", "1", "--test-size", "1",
-                          "--out", "out"], "numbers.json"),
-    ("figures", ["curves", "--results", "results", "--out", "figs"], "metrics.parquet"),
-])
-def test_the_real_entry_point_prints_one_line(module, argv, names, tmp_path):
-    """`python -m ...` as a user runs it: one stderr line, nonzero exit (the in-process cases cover the rest)."""
+@pytest.mark.parametrize("argv, names", [
+    (["-m", "evaluation.tasks", "prepare", "math", "--source", "bad/numbers.json", "--train-size", "1", "--test-size", "1",
+      "--out", "out"], "numbers.json"),
+    (["-m", "figures", "curves", "--results", "results", "--out", "figs"], "metrics.parquet"),
+    ([str(REPO / "benchmarks" / "figures.py"), "--repeat", "0"], "--repeat"),
+    ([str(REPO / "benchmarks" / "kernel.py"), "--positions", "abc"], "--positions"),
+], ids=["evaluation.tasks", "figures", "benchmarks-figures", "benchmarks-kernel"])
+def test_the_real_entry_point_prints_one_line(argv, names, tmp_path):
+    """The command as a user runs it: one stderr line, nonzero exit (the in-process cases cover the rest)."""
     build_sandbox(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=tmp_path, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO))}, timeout=120)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode != 0 and len(lines) == 1 and names in lines[0], proc.stderr
