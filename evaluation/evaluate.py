@@ -5,6 +5,7 @@ Writes <run>/eval/<step>/samples.jsonl (prompt, response, score) and <run>/eval/
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from evaluation.argtypes import output_dir
 from evaluation.files import BadFile, atomic_write_text, read_json_object, read_parquet
 
 # Validation sampling of the authors (seed-spec §7): T = 1.0, top-p 0.7, no top-k (verl's -1 = HF's 0).
@@ -348,10 +350,14 @@ def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: st
             from evaluation.tasks import get_task
 
             max_new_tokens = get_task(task).MAX_RESPONSE_LENGTH
+    out_dir = run_dir / "eval" / str(step)
+    try:  # checked before the sampling, not after it
+        output_dir(str(out_dir))
+    except argparse.ArgumentTypeError as exc:
+        raise EvalError(f"RUN_DIR: the output {out_dir} {exc}") from None
     t0 = time.perf_counter()
     responses = generate(model_dir, examples, n, int(max_new_tokens), seed=seed, batch_size=batch_size, device=device)
     scores = score_samples(examples, responses, scorer or default_scorer(task))
-    out_dir = run_dir / "eval" / str(step)
     atomic_write_text(out_dir / "samples.jsonl", "".join(
         json.dumps({"index": i, "sample": j, "prompt": e.messages, "response": r, "score": s, "ground_truth": e.ground_truth},
                    ensure_ascii=False, default=str) + "\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Optional
 
 from evaluation.argtypes import Parser, int_at_least, output_dir
 from figures import ARTEFACTS, artefact
-from figures.common import RESULTS_DIR, ArchiveError
+from figures.common import RESULTS_DIR, ArchiveError, read_json_object
 
 COMMANDS = ("list", "collect", "compare", "dists", "all")
 
@@ -117,7 +116,7 @@ def cmd_dists(argv: list[str]) -> int:
         if args.runs is not None:
             models = next_token.models_from_runs(args.runs, args.task, args.size, args.seed, args.tre_method)
             if args.prompt is None and args.prompt_file is None:
-                cfg = json.loads((args.runs / args.task / args.size / "entropy" / f"seed{args.seed}" / "config.json").read_text())
+                cfg = read_json_object(args.runs / args.task / args.size / "entropy" / f"seed{args.seed}" / "config.json", "--runs")
                 val = cfg.get("resolved", {}).get("data", {}).get("val_files")
                 args.prompt_file = Path(val[0] if isinstance(val, list) else val) if val else None
         elif args.base and args.entropy and args.tre:

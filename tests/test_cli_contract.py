@@ -113,6 +113,15 @@ def archive_with_broken(name: str, text: str) -> Callable[[Path], None]:
     return setup
 
 
+def _broken_entropy_run(root: Path) -> None:
+    """runs/math/tiny/{entropy,tre_p}/seed0 with checkpoints, the entropy run's config.json not JSON."""
+    for method in ("entropy", "tre_p"):
+        hf = root / "runs" / "math" / "tiny" / method / "seed0" / "checkpoints" / "global_step_1" / "actor" / "huggingface"
+        hf.mkdir(parents=True)
+        (hf / "config.json").write_text("{}")
+    (root / "runs" / "math" / "tiny" / "entropy" / "seed0" / "config.json").write_text("{oops")
+
+
 def train_argv(*extra: str, data: str = "data", model: str = "model", run_dir: str = "run") -> list[str]:
     return ["train", "--task", "math", "--size", "tiny", "--method", "ppo", "--model-path", model, "--data-dir", data,
             "--run-dir", run_dir, *extra]
@@ -166,6 +175,8 @@ CASES = [
     Case("evaluate-device-foo", EV[0], [EV[1], "runs/real", "--device", "foo"], "--device", needs_model=True),
     Case("evaluate-device-cuda-without-gpu", EV[0], [EV[1], "runs/real", "--device", "cuda"], "--device",
          needs_model=True, needs_cpu_only=True),
+    Case("evaluate-output-dir-is-a-file", EV[0], [EV[1], "runs/real"], "eval", needs_model=True,
+         setup=lambda root: (root / "runs" / "real").mkdir(parents=True) or (root / "runs" / "real" / "eval").write_text("a file\n")),
     Case("evaluate-checkpoint-without-weights", EV[0], [EV[1], "runs/good", "--data", "data/test.parquet"], "global_step_1"),
     Case("evaluate-unknown-flag", EV[0], [EV[1], "runs/good", "--bogus"], "--bogus"),
     # evaluation.tasks prepare
@@ -219,6 +230,8 @@ CASES = [
     Case("figures-dists-prompt-index-out-of-range", "figures.__main__",
          ["dists", "--base", "model", "--entropy", "model", "--tre", "model", "--prompt-file", "data/test.parquet",
           "--prompt-index", "99", "--results", "figs"], "--prompt-index"),
+    Case("figures-dists-runs-broken-config", "figures.__main__", ["dists", "--runs", "runs", "--task", "math", "--size", "tiny",
+         "--results", "figs"], "config.json", lambda root: _broken_entropy_run(root)),
     Case("figures-dists-keep-not-a-number", "figures.__main__", ["dists", "--keep", "abc"], "--keep"),
     # the workflow's launcher
     Case("launcher-array-commands-missing", "workflow.launcher",
