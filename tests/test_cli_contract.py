@@ -210,6 +210,12 @@ CASES = [
     # evaluation.reward_model train
     Case("rm-train-broken-json", "evaluation.reward_model.__main__",
          ["train", "--base", "model", "--data", "bad/broken.json", "--out", "rm"], "broken.json"),
+    Case("rm-train-base-without-weights", "evaluation.reward_model.__main__",
+         ["train", "--base", "{model}-noweights", "--data", "prefs.jsonl", "--out", "rm", "--max-steps", "1"], "--base",
+         lambda root: (root / "prefs.jsonl").write_text("".join(json.dumps(
+             {"chosen": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "good"}],
+              "rejected": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "bad"}]}) + "\n"
+             for i in range(8))), needs_model=True),
     Case("rm-train-out-is-a-file", "evaluation.reward_model.__main__",
          ["train", "--base", "model", "--data", "data/train.parquet", "--out", "bad/file.txt"], "--out"),
     # figures
@@ -246,11 +252,16 @@ def snapshot(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory) -> Path:
-    """A real tiny policy, outside the sandbox: with it the old warm start trains, then deletes --out."""
+    """A real tiny policy, outside the sandbox (with it the old warm start trains, then deletes --out), and next to it
+    `<policy>-noweights`: its config and tokenizer without the weights."""
+    import shutil
+
     from evaluation.tiny_model import build
 
-    return build(tmp_path_factory.mktemp("tiny") / "policy", vocab_size=256, seed=0, kind="policy", hidden_size=16,
-                 layers=1, heads=2, kv_heads=1)
+    policy = build(tmp_path_factory.mktemp("tiny") / "policy", vocab_size=256, seed=0, kind="policy", hidden_size=16,
+                   layers=1, heads=2, kv_heads=1)
+    shutil.copytree(policy, f"{policy}-noweights", ignore=shutil.ignore_patterns("*.safetensors"))
+    return policy
 
 
 @pytest.fixture

@@ -230,7 +230,11 @@ def train(base: str, data: str, out: str, *, preset: str = "tiny", max_steps: in
     args = RewardConfig(**training_kwargs(p, str(out_dir), world_size=world_size, seed=seed,
                                           max_steps=max_steps, use_cpu=use_cpu, deepspeed_config=ds_path,
                                           report_to=report_to))
-    trainer = RewardTrainer(model=base, args=args, train_dataset=train_ds, processing_class=tokenizer)
+    try:
+        trainer = RewardTrainer(model=base, args=args, train_dataset=train_ds, processing_class=tokenizer)
+    except OSError as err:  # transformers' "no weights / unreadable config" for the base model
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--base {base}: not a loadable model directory ({first[:200]})") from None
     started = time.time()
     result = trainer.train()
     train_seconds = time.time() - started
