@@ -10,7 +10,6 @@ figures on that archive: a measurement of scale only; its numbers are never arch
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -19,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from evaluation.argtypes import Parser, int_at_least
 
 # Run as a script, this file's folder is sys.path[0] and its name would shadow the figures package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -81,12 +82,12 @@ def time_command(args: list[str], repeat: int) -> list[tuple[float, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Time every artefact; prints one line per artefact and exits 1 if any median CPU time is over the budget."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--synthetic-grid", action="store_true", help="time a synthetic paper-sized archive instead")
-    p.add_argument("--steps", type=int, default=200, help="training steps per synthetic run (default 200)")
-    p.add_argument("--test-freq", type=int, default=10)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--steps", type=int_at_least(1), default=200, help="training steps per synthetic run (default 200)")
+    p.add_argument("--test-freq", type=int_at_least(1), default=10)
+    p.add_argument("--repeat", type=int_at_least(1), default=3)
     p.add_argument("--budget-s", type=float, default=5.0)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

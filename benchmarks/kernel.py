@@ -17,7 +17,6 @@ ours_k time <= 0.15x full; ours_p_chunk extra peak flat from 1k to 8k positions.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -26,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from evaluation.argtypes import Parser, int_at_least
 from tre import trust_region_entropy
 
 VOCAB = 151936
@@ -131,11 +131,11 @@ def extra_peak_bytes(fn, base: torch.Tensor) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--positions", default="256,1024", help="position counts for the side-by-side table")
     ap.add_argument("--flat", default="1024,8192", help="position counts for the chunked memory-flatness check ('' to skip)")
-    ap.add_argument("--chunk", type=int, default=256, help="chunk_size of ours_p_chunk")
-    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per method (best is kept)")
+    ap.add_argument("--chunk", type=int_at_least(1), default=256, help="chunk_size of ours_p_chunk")
+    ap.add_argument("--reps", type=int_at_least(1), default=5, help="timed repetitions per method (best is kept)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args(argv)

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from evaluation.argtypes import Parser, int_at_least
+
 DEFAULT_METHODS = ("ppo", "entropy", "kl_cov", "forking_tokens", "tre_k", "tre_p")
 
 
@@ -163,14 +165,14 @@ def _full_step_seconds(run_dirs: list[str]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the timing and memory children and print the side-by-side table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--vocab", default="8192", help="BPE ranks of the tiny model's tokenizer, or 'full' (151,936 logits, Qwen2.5's)")
-    p.add_argument("--updates", type=int, default=20, help="timed updates per method (interleaved)")
-    p.add_argument("--responses", type=int, default=8)
-    p.add_argument("--micro", type=int, default=4)
-    p.add_argument("--prompt-len", type=int, default=128)
-    p.add_argument("--response-len", type=int, default=32)
+    p.add_argument("--updates", type=int_at_least(1), default=20, help="timed updates per method (interleaved)")
+    p.add_argument("--responses", type=int_at_least(1), default=8)
+    p.add_argument("--micro", type=int_at_least(1), default=4)
+    p.add_argument("--prompt-len", type=int_at_least(1), default=128)
+    p.add_argument("--response-len", type=int_at_least(1), default=32)
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "tre_bench"))
     p.add_argument("--full-steps", nargs="*", default=[], metavar="RUN_DIR")
     p.add_argument("--json", default=None, help="also write the results here")

@@ -12,7 +12,6 @@ uvicorn in a thread on a free loopback port; the client posts the same pairs one
 --batch pairs, and prints both rates and their ratio.
 """
 
-import argparse
 import json
 import os
 import random
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from evaluation.argtypes import Parser
 
 WORDS = ("the model answers clearly and kindly with useful steps examples and a short summary of each idea "
          "so that readers can follow along easily without prior knowledge").split()
@@ -113,7 +114,7 @@ def long_string(model: str, mib: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print pairs/s."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="reward model directory (default: build the tiny one)")
     parser.add_argument("--pairs", type=int, default=128, help="pairs scored per measurement (default 128)")
     parser.add_argument("--batch", type=int, default=64, help="pairs per request in the batched run (default 64)")

@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from evaluation.argtypes import int_at_least
+from evaluation.argtypes import Parser, device, int_at_least
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of `python -m evaluation`."""
-    p = argparse.ArgumentParser(prog="python -m evaluation", description="Evaluate run checkpoints.")
+    p = Parser(prog="python -m evaluation", description="Evaluate run checkpoints.")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("evaluate", help="sample a checkpoint (T=1.0, top-p 0.7) and score it: pass@k, mean@n, lm-eval",
                        description="Writes RUN_DIR/eval/<step>/samples.jsonl and scores.json.")
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int_at_least(1), default=None, help="default: the run's max_response_length")
     e.add_argument("--batch-size", type=int_at_least(1), default=8)
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1...)")
+    e.add_argument("--device", type=device, default="cpu", help="torch device (cpu, cuda, cuda:1...)")
     e.add_argument("--lm-eval", dest="lm_eval", action=argparse.BooleanOptionalAction, default=None,
                    help="run the lm-eval cross-check (default: on for task math)")
     e.add_argument("--lm-eval-task", default="tre_math_local", choices=("tre_math_local", "minerva_math500"),

@@ -1,10 +1,20 @@
-"""argparse types shared by the evaluation CLIs: each rejects bad input with one line naming what is allowed."""
+"""argparse pieces shared by the project's CLIs: each rejects bad input with one line naming what is allowed."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+import os
+import re
+from pathlib import Path
+from typing import Callable, NoReturn
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line (`PROG: error: MESSAGE`, exit 2), without the usage dump."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def int_at_least(lo: int) -> Callable[[str], int]:
@@ -52,3 +62,26 @@ def open_fraction(text: str) -> float:
 def fraction(text: str) -> float:
     """argparse type: a float in [0, 1)."""
     return _number_in(text, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+_DEVICE = re.compile(r"(cpu|cuda(:\d+)?)")
+
+
+def device(text: str) -> str:
+    """argparse type: a torch device, cpu, cuda or cuda:N."""
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def output_dir(text: str) -> Path:
+    """argparse type: a directory to write into, existing or not, but neither a file nor below one."""
+    path = Path(text)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"must be a directory, but {str(parent)!r} is a file")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise argparse.ArgumentTypeError(f"must be a writable directory, but {str(parent)!r} is not writable")
+            break
+    return path

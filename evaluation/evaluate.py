@@ -5,6 +5,7 @@ Writes <run>/eval/<step>/samples.jsonl (prompt, response, score) and <run>/eval/
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from evaluation.files import atomic_write_text
+from evaluation.argtypes import output_dir
+from evaluation.files import BadFile, atomic_write_text, read_json_object, read_parquet
 
 # Validation sampling of the authors (seed-spec §7): T = 1.0, top-p 0.7, no top-k (verl's -1 = HF's 0).
 TEMPERATURE = 1.0
@@ -86,17 +88,19 @@ def summarise(scores: Sequence[Sequence[float]], binary: bool, threshold: float 
 
 def load_examples(path: Path, limit: Optional[int] = None) -> list[Example]:
     """Prompts, ground truths and data sources of a verl parquet (prompt, data_source, reward_model.ground_truth)."""
-    import pyarrow.parquet as pq
-
-    if not Path(path).is_file():
-        raise EvalError(f"data: no such file {str(path)!r}")
-    rows = pq.read_table(path).to_pylist()
+    try:
+        rows = read_parquet(path, "data").to_pylist()
+    except BadFile as exc:
+        raise EvalError(str(exc)) from None
     out = []
     for i, row in enumerate(rows[:limit] if limit else rows):
         try:
             out.append(Example(list(row["prompt"]), row["reward_model"]["ground_truth"], row["data_source"], row.get("extra_info")))
         except (KeyError, TypeError):
             raise EvalError(f"data: row {i} of {path} lacks prompt / data_source / reward_model.ground_truth") from None
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                   for m in out[-1].messages):
+            raise EvalError(f"data: row {i} of {path}: prompt must be a list of {{role, content}} chat messages")
     if not out:
         raise EvalError(f"data: {path} has no rows")
     return out
@@ -107,7 +111,10 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise EvalError(f"RUN_DIR: {run_dir} is not a run directory (no config.json)")
-    return json.loads(path.read_text())
+    try:
+        return read_json_object(path, "RUN_DIR")
+    except BadFile as exc:
+        raise EvalError(str(exc)) from None
 
 
 def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
@@ -172,11 +179,16 @@ def generate(model_dir: str, examples: Sequence[Example], n: int, max_new_tokens
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # transformers' ways of saying "not a loadable model"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise EvalError(f"model: {model_dir} is not a loadable model directory ({type(exc).__name__}: {first[:200]})") from None
     tok.padding_side = "left"  # decoder-only batch generation continues from the right edge
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").to(device).eval()
+    model = model.to(device).eval()
     torch.manual_seed(seed)
     texts = [tok.apply_chat_template(e.messages, add_generation_prompt=True, tokenize=False) for e in examples]
     out: list[list[str]] = []
@@ -311,6 +323,13 @@ def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: st
         raise EvalError(f"--lm-eval-task: must be one of {', '.join(LM_EVAL_TASKS)}, got {lm_eval_task!r}")
     if lm_eval_task != MINERVA_TASK and (lm_eval_python is not None or lm_eval_data is not None):
         raise EvalError(f"--lm-eval-python/--lm-eval-data: only with --lm-eval-task {MINERVA_TASK}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EvalError(f"--device: {device} is not available on this machine (no CUDA GPU); use cpu")
+        if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise EvalError(f"--device: must be cpu or cuda:0..{torch.cuda.device_count() - 1}, got {device}")
     config = read_config(run_dir)
     task = config.get("task")
     run_lm_eval_check = lm_eval if lm_eval is not None else task == "math"
@@ -331,10 +350,14 @@ def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: st
             from evaluation.tasks import get_task
 
             max_new_tokens = get_task(task).MAX_RESPONSE_LENGTH
+    out_dir = run_dir / "eval" / str(step)
+    try:  # checked before the sampling, not after it
+        output_dir(str(out_dir))
+    except argparse.ArgumentTypeError as exc:
+        raise EvalError(f"RUN_DIR: the output {out_dir} {exc}") from None
     t0 = time.perf_counter()
     responses = generate(model_dir, examples, n, int(max_new_tokens), seed=seed, batch_size=batch_size, device=device)
     scores = score_samples(examples, responses, scorer or default_scorer(task))
-    out_dir = run_dir / "eval" / str(step)
     atomic_write_text(out_dir / "samples.jsonl", "".join(
         json.dumps({"index": i, "sample": j, "prompt": e.messages, "response": r, "score": s, "ground_truth": e.ground_truth},
                    ensure_ascii=False, default=str) + "\n"

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from evaluation.argtypes import int_at_least
+from evaluation.argtypes import Parser, int_at_least, output_dir
 
 Kind = Literal["policy", "reward", "both"]
 KINDS: tuple[str, ...] = ("policy", "reward", "both")
@@ -293,8 +293,8 @@ def _vocab_arg(text: str) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: build a tiny model directory."""
-    parser = argparse.ArgumentParser(prog="python -m evaluation.tiny_model", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output directory")
+    parser = Parser(prog="python -m evaluation.tiny_model", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=output_dir, help="output directory")
     parser.add_argument("--vocab-size", type=_vocab_arg, default=DEFAULT_VOCAB,
                         help=f"BPE ranks to keep, {MIN_VOCAB}..{FULL_VOCAB}, or 'full' (default {DEFAULT_VOCAB})")
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")

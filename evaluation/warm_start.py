@@ -16,10 +16,8 @@ improve that fast; see README, "The CPU miniature").
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -29,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from evaluation.argtypes import fraction, int_at_least, open_fraction
-from evaluation.files import atomic_write_text
+from evaluation.argtypes import Parser, fraction, int_at_least, open_fraction, output_dir
+from evaluation.files import BadFile, atomic_write_text, read_parquet, replace_dir
 
 RECORD = "warm_start.json"
 
@@ -56,16 +54,16 @@ def demonstrations(paths: list[Path], *, plain_fraction: float = 0.0, seed: int 
 
     A plain_fraction of the math rows (drawn with `seed`) get their answer without \\boxed{}.
     """
-    import pyarrow.parquet as pq
-
     from evaluation.tasks import math_lighteval, task_for_source
 
     rng = random.Random(seed)
     pairs = []
     for path in paths:
-        if not Path(path).is_file():
-            raise WarmStartError(f"data: no such file {str(path)!r}")
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            rows = read_parquet(path, "data").to_pylist()
+        except BadFile as exc:
+            raise WarmStartError(str(exc)) from None
+        for i, row in enumerate(rows):
             try:
                 task = task_for_source(row["data_source"])
             except (KeyError, TypeError, ValueError):
@@ -73,10 +71,14 @@ def demonstrations(paths: list[Path], *, plain_fraction: float = 0.0, seed: int 
             if not hasattr(task, "demonstration"):
                 raise WarmStartError(f"data: task {task.NAME} ({path}) has no demonstrations; "
                                      "the warm start supports math and countdown")
-            if task is math_lighteval and plain_fraction and rng.random() < plain_fraction:
-                pairs.append((list(row["prompt"]), task.demonstration(row, boxed=False)))
-            else:
-                pairs.append((list(row["prompt"]), task.demonstration(row)))
+            try:
+                if task is math_lighteval and plain_fraction and rng.random() < plain_fraction:
+                    pairs.append((list(row["prompt"]), task.demonstration(row, boxed=False)))
+                else:
+                    pairs.append((list(row["prompt"]), task.demonstration(row)))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise WarmStartError(f"data: row {i} of {path} has no {task.NAME} demonstration ({type(exc).__name__}: {exc}); "
+                                     f"make the file with `python -m evaluation.tasks prepare {task.NAME}`") from None
     if not pairs:
         raise WarmStartError(f"data: {', '.join(map(str, paths))} has no rows")
     return pairs
@@ -99,10 +101,15 @@ def train(model_dir: Path, data: list[Path], out: Path, settings: Settings, *, l
 
     if not (Path(model_dir) / "config.json").is_file():
         raise WarmStartError(f"model: {model_dir} is not a model directory (no config.json)")
+    check_out(Path(out))
     pairs = demonstrations(data, plain_fraction=settings.plain_fraction, seed=settings.seed)
     torch.manual_seed(settings.seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # transformers' ways of saying "not a loadable model"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise WarmStartError(f"model: {model_dir} is not a loadable model directory ({type(exc).__name__}: {first[:200]})") from None
     examples = tokenize(tokenizer, pairs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     optim = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
@@ -145,6 +152,17 @@ def train(model_dir: Path, data: list[Path], out: Path, settings: Settings, *, l
     return record
 
 
+def check_out(out: Path) -> None:
+    """WarmStartError unless `out` may be (re)placed: absent, an empty directory, or an earlier warm start's output."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise WarmStartError(f"--out: {out} is a file; give a directory")
+    if any(out.iterdir()) and not (out / RECORD).is_file():
+        raise WarmStartError(f"--out: {out} already holds files and is not a warm start output (no {RECORD}); "
+                             "give a new or empty directory")
+
+
 def _save(model, tokenizer, out: Path, record: dict[str, Any]) -> None:
     """Write the model, tokenizer and record to a sibling temp dir, then swap it in: `out` is whole or absent."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,9 +171,8 @@ def _save(model, tokenizer, out: Path, record: dict[str, Any]) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_text(tmp / RECORD, json.dumps(record, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        check_out(out)  # again: `out` may have changed during the training
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -164,11 +181,13 @@ def _save(model, tokenizer, out: Path, record: dict[str, Any]) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     """CLI entry point; bad input -> one line on stderr, exit 2."""
     defaults = Settings()
-    parser = argparse.ArgumentParser(prog="python -m evaluation.warm_start", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m evaluation.warm_start", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, metavar="DIR", help="base policy directory (HF format)")
     parser.add_argument("--data", required=True, nargs="+", type=Path, metavar="PARQUET",
                         help="prepared train parquet(s) of math and/or countdown (python -m evaluation.tasks prepare)")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="where the warm-started policy goes")
+    parser.add_argument("--out", required=True, type=output_dir, metavar="DIR",
+                        help="where the warm-started policy goes: a new or empty directory, or an earlier warm start's "
+                             f"output (it has {RECORD}), replaced only once the new one is saved")
     parser.add_argument("--steps", type=int_at_least(1), default=defaults.steps, help=f"optimiser steps ({defaults.steps})")
     parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate ({defaults.lr})")
     parser.add_argument("--batch-size", type=int_at_least(1), default=defaults.batch_size,

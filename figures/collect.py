@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 if TYPE_CHECKING:
     import pandas as pd
 
-from figures.common import (EVAL_FILE, METRICS_FILE, METRICS_PARQUET, PROVENANCE_FILE, RUN_KEY, RUNS_FILE, atomic_write_bytes,
-                            atomic_write_text)
+from figures.common import (EVAL_FILE, METRICS_FILE, METRICS_PARQUET, PROVENANCE_FILE, RUN_KEY, RUNS_FILE, ArchiveError,
+                            BadFile, atomic_write_bytes, atomic_write_text, read_json_object, read_table)
 
 METRIC_COLUMNS = [*RUN_KEY, "step", "metric", "value", "provenance"]
 RUN_COLUMNS = [*RUN_KEY, "status", "val_metric", "final_val_score", "best_val_score", "best_step", "last_step",
@@ -195,14 +195,23 @@ def find_run_dirs(runs_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def _merge(path: Path, new: list[dict[str, Any]], columns: list[str], replaced: set[tuple], sort: list[str]) -> "pd.DataFrame":
-    """Rewrite one CSV table: old rows minus the runs being re-collected, plus the new rows; sorted, atomic."""
+def _old_table(results: Path, name: str, columns: list[str]) -> "pd.DataFrame":
+    """The archive's current table (empty when absent); ArchiveError when it is unreadable or lacks a column."""
     import pandas as pd
 
+    if not (Path(results) / name).is_file():
+        return pd.DataFrame(columns=columns)
     # Text columns stay text: an all-digit commit or hash must not come back as a number and lose its zeros.
     text = {c: str for c in ("task", "size", "method", "metric", "provenance", "status", "val_metric", "profile",
                              "device", "run_dir", "split") if c in columns}
-    old = pd.read_csv(path, dtype=text) if path.is_file() else pd.DataFrame(columns=columns)
+    return read_table(results, name, columns, dtype=text)
+
+
+def _merge(path: Path, old: "pd.DataFrame", new: list[dict[str, Any]], columns: list[str], replaced: set[tuple],
+           sort: list[str]) -> "pd.DataFrame":
+    """Rewrite one CSV table: old rows minus the runs being re-collected, plus the new rows; sorted, atomic."""
+    import pandas as pd
+
     if len(old):
         keys = list(zip(*(old[c] for c in (*RUN_KEY, "provenance"))))
         old = old[[tuple(k) not in replaced for k in keys]]
@@ -240,9 +249,18 @@ def collect(runs_dir: Path, results: Path, provenance: Optional[str] = None) -> 
     return report
 
 
-def _merge_provenance(path: Path, datas: list[RunData]) -> None:
+def _old_provenance(path: Path) -> dict[str, Any]:
+    """The archive's current provenance.json (empty when absent); ArchiveError when it is not a JSON object."""
+    if not path.is_file():
+        return {}
+    try:
+        return read_json_object(path, "archive")
+    except BadFile as e:
+        raise ArchiveError(str(e)) from None
+
+
+def _merge_provenance(path: Path, old: dict[str, Any], datas: list[RunData]) -> None:
     """Rewrite provenance.json: {provenance label: {run id: entry}}, re-collected runs replaced, keys sorted."""
-    old = json.loads(path.read_text()) if path.is_file() else {}
     for d in datas:
         old.setdefault(d.run["provenance"], {})[run_id(d.run)] = d.provenance
     atomic_write_text(path, json.dumps(old, indent=1, sort_keys=True, allow_nan=False) + "\n")
@@ -253,14 +271,18 @@ def write_archive(results: Path, datas: list[RunData], report: Optional[CollectR
     report = report if report is not None else CollectReport()
     replaced = {tuple(d.run[c] for c in (*RUN_KEY, "provenance")) for d in datas}
     order = ["provenance", "task", "size", "method", "seed"]
-    _merge(results / RUNS_FILE, [d.run for d in datas], RUN_COLUMNS, replaced, order)
-    metrics = _merge(results / METRICS_FILE, [r for d in datas for r in d.metrics], METRIC_COLUMNS, replaced,
-                     [*order, "step", "metric"])
+    # Every existing table is read (and checked) before any is rewritten: a broken archive is left as it was.
+    old = {name: _old_table(results, name, cols) for name, cols in
+           ((RUNS_FILE, RUN_COLUMNS), (METRICS_FILE, METRIC_COLUMNS), (EVAL_FILE, EVAL_COLUMNS))}
+    old_provenance = _old_provenance(results / PROVENANCE_FILE)
+    _merge(results / RUNS_FILE, old[RUNS_FILE], [d.run for d in datas], RUN_COLUMNS, replaced, order)
+    metrics = _merge(results / METRICS_FILE, old[METRICS_FILE], [r for d in datas for r in d.metrics], METRIC_COLUMNS,
+                     replaced, [*order, "step", "metric"])
     buf = io.BytesIO()
     metrics.to_parquet(buf, index=False)
     atomic_write_bytes(results / METRICS_PARQUET, buf.getvalue())
     report.metric_rows = len(metrics)
-    report.eval_rows = len(_merge(results / EVAL_FILE, [r for d in datas for r in d.evals], EVAL_COLUMNS, replaced,
-                                  [*order, "step", "split", "metric"]))
-    _merge_provenance(results / PROVENANCE_FILE, datas)
+    report.eval_rows = len(_merge(results / EVAL_FILE, old[EVAL_FILE], [r for d in datas for r in d.evals], EVAL_COLUMNS,
+                                  replaced, [*order, "step", "split", "metric"]))
+    _merge_provenance(results / PROVENANCE_FILE, old_provenance, datas)
     return report

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
-from evaluation.files import atomic_write_bytes, atomic_write_text  # noqa: F401  (the figures' writers)
+from evaluation.files import BadFile, atomic_write_bytes, atomic_write_text, read_json_object, read_parquet  # noqa: F401  (the figures' readers and writers)
 
 if TYPE_CHECKING:  # pandas/matplotlib are imported lazily so `python -m figures list` stays instant
     import pandas as pd
@@ -111,15 +111,18 @@ def t_ci95(values: Sequence[float]) -> tuple[float, float, int]:
     return mean, float(stdtrit(n - 1, 0.975)) * sd / math.sqrt(n), n
 
 
-def read_table(results: Path, name: str, required: Sequence[str] = ()) -> "pd.DataFrame":
-    """One CSV table of the archive; ArchiveError naming the file (and `collect`) when it is missing."""
+def read_table(results: Path, name: str, required: Sequence[str] = (), dtype: Optional[dict] = None) -> "pd.DataFrame":
+    """One CSV table of the archive; ArchiveError naming the file (and `collect`) when it is missing or broken."""
     import pandas as pd
 
     path = Path(results) / name
     if not path.is_file():
         make = "dists --runs RUNS_DIR" if name == DISTS_FILE else "collect RUNS_DIR"
         raise ArchiveError(f"{path}: missing; run `python -m figures {make} --results {results}` first")
-    df = pd.read_csv(path, keep_default_na=True)
+    try:
+        df = pd.read_csv(path, keep_default_na=True, dtype=dtype)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ArchiveError(f"{path}: not a readable CSV table ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ArchiveError(f"{path}: missing columns {', '.join(missing)}")
@@ -130,11 +133,13 @@ def read_metrics(results: Path, metrics: Optional[Sequence[str]] = None) -> "pd.
     """The tidy metrics table (only the given metric names): metrics.parquet when collected, else metrics.csv."""
     parquet = Path(results) / METRICS_PARQUET
     if parquet.is_file():
-        import pyarrow.parquet as pq
-
         # Only the needed metrics and columns: at the paper's grid size this is ~50x less to read than the CSV.
         filters = [("metric", "in", list(metrics))] if metrics else None
-        df = pq.read_table(parquet, columns=[*RUN_KEY, "step", "metric", "value"], filters=filters).to_pandas()
+        try:
+            table = read_parquet(parquet, "archive", columns=[*RUN_KEY, "step", "metric", "value"], filters=filters)
+        except BadFile as e:
+            raise ArchiveError(f"{e}; rerun `python -m figures collect RUNS_DIR --results {results}`") from None
+        df = table.to_pandas()
     else:
         df = read_table(results, METRICS_FILE, (*RUN_KEY, "step", "metric", "value"))
         if metrics:

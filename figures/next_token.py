@@ -5,13 +5,12 @@ This is the only figures module that imports torch/transformers, and only `extra
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from figures.common import DISTS_FILE, atomic_write_text
+from figures.common import DISTS_FILE, atomic_write_text, read_json_object, read_parquet
 
 DIST_COLUMNS = ["stage", "label", "method", "seed", "model", "prompt", "response_prefix", "context", "rank", "prob",
                 "vocab_size", "tail_beyond", "nucleus_size", "top_k"]
@@ -89,9 +88,7 @@ def next_token_probs(model_dir: str, context: str) -> tuple[list[float], int]:
 
 def prompt_from_parquet(path: Path, index: int = 0) -> list[dict[str, str]]:
     """The chat messages of row `index` of a verl RLHFDataset parquet (column 'prompt')."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=["prompt"])
+    table = read_parquet(path, "--prompt-file", columns=["prompt"])
     if index >= table.num_rows:
         raise ValueError(f"--prompt-index: {path} has {table.num_rows} rows, got {index}")
     return list(table.column("prompt")[index].as_py())
@@ -113,7 +110,7 @@ def models_from_runs(runs_dir: Path, task: str, size: str, seed: int, tre_method
     """stage -> model dir: the base model named in the entropy run's config, and the last checkpoints of entropy and TRE."""
     ent = Path(runs_dir) / task / size / "entropy" / f"seed{seed}"
     tre = Path(runs_dir) / task / size / tre_method / f"seed{seed}"
-    config = json.loads((ent / "config.json").read_text())
+    config = read_json_object(ent / "config.json", "--runs")
     base = config.get("resolved", {}).get("actor_rollout_ref", {}).get("model", {}).get("path")
     if not base:
         raise ValueError(f"{ent / 'config.json'}: no resolved.actor_rollout_ref.model.path")

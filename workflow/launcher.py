@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import submitit
 
+from evaluation.argtypes import int_at_least
 from evaluation.files import atomic_write_text
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
@@ -1020,7 +1021,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     arr = sub.add_parser("array", parents=[common], help="run one command per line of a file as a job array")
     arr.add_argument("--commands", required=True, type=Path, help="file with one shell-quoted command per line")
-    arr.add_argument("--parallelism", type=int, default=64)
+    arr.add_argument("--parallelism", type=int_at_least(1), default=64)
     st = sub.add_parser("status", help="print the recorded job of a log dir")
     st.add_argument("--log-dir", required=True, type=Path)
     return p
@@ -1038,6 +1039,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         resources = _parse_resources(args.resources)
         if args.cmd == "array":
+            if not args.commands.is_file():
+                raise LaunchError(f"--commands: no such file {str(args.commands)!r}")
             lines = [ln for ln in args.commands.read_text().splitlines() if ln.strip()]
             out = launch_array(args.name, args.log_dir, [shlex.split(ln) for ln in lines], resources=resources,
                                cluster=args.cluster, parallelism=args.parallelism)

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from evaluation.argtypes import int_at_least, open_fraction, port
+from evaluation.argtypes import Parser, int_at_least, open_fraction, output_dir, port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     from evaluation.reward_model.server import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_MB, DEFAULT_MAX_REQUEST, DEFAULT_PORT
     from evaluation.reward_model.train import PRESETS
 
-    parser = argparse.ArgumentParser(prog="python -m evaluation.reward_model", description="HH reward model: train or serve")
+    parser = Parser(prog="python -m evaluation.reward_model", description="HH reward model: train or serve")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,serve}")
 
     tr = sub.add_parser("train", help="train a reward model with TRL's RewardTrainer",
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--base", required=True, help="base model directory or hub id (a causal LM gets a new 1-logit head)")
     tr.add_argument("--data", required=True, help="preference data: local .jsonl/.json/.parquet or a hub id "
                                                   "(e.g. trl-lib/ultrafeedback_binarized)")
-    tr.add_argument("--out", required=True, help="output directory (model, tokenizer, eval.json)")
+    tr.add_argument("--out", required=True, type=output_dir, help="output directory (model, tokenizer, eval.json)")
     tr.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="hyper-parameters (default tiny)")
     tr.add_argument("--max-steps", type=int_at_least(1), default=None, help="stop after N optimiser steps")
     tr.add_argument("--split", default="train", help="hub split to train on (default train)")

@@ -124,13 +124,28 @@ def load_preferences(data: str, split: str = "train"):
         path = Path(data)
         if not path.exists():
             raise ValueError(f"--data {data}: no such file")
-        if path.is_dir():
-            ds = load_dataset(str(path), split=split)
-        else:
-            fmt = "parquet" if path.suffix == ".parquet" else "json"
-            if path.suffix not in (".parquet", ".jsonl", ".json"):
-                raise ValueError(f"--data {data}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet")
-            ds = load_dataset(fmt, data_files=str(path), split="train")
+        if not path.is_dir() and path.suffix not in (".parquet", ".jsonl", ".json"):
+            raise ValueError(f"--data {data}: unsupported file type {path.suffix!r}; use .jsonl, .json or .parquet")
+        import datasets
+
+        # A local file loads in seconds; its progress bar and datasets' own log of a parse error would only
+        # surround the one error line below.
+        datasets.disable_progress_bars()
+        verbosity = datasets.logging.get_verbosity()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+        try:
+            if path.is_dir():
+                ds = load_dataset(str(path), split=split)
+            else:
+                fmt = "parquet" if path.suffix == ".parquet" else "json"
+                ds = load_dataset(fmt, data_files=str(path), split="train")
+        except Exception as err:  # datasets wraps a parser's error in its own types: all mean "unreadable file"
+            cause = err.__cause__ or err.__context__ or err
+            first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            raise ValueError(f"--data {data}: not readable as a preference file ({first[:200]})") from None
+        finally:
+            datasets.logging.set_verbosity(verbosity)
+            datasets.enable_progress_bars()
     else:
         try:
             ds = load_dataset(data, split=split)
@@ -215,7 +230,11 @@ def train(base: str, data: str, out: str, *, preset: str = "tiny", max_steps: in
     args = RewardConfig(**training_kwargs(p, str(out_dir), world_size=world_size, seed=seed,
                                           max_steps=max_steps, use_cpu=use_cpu, deepspeed_config=ds_path,
                                           report_to=report_to))
-    trainer = RewardTrainer(model=base, args=args, train_dataset=train_ds, processing_class=tokenizer)
+    try:
+        trainer = RewardTrainer(model=base, args=args, train_dataset=train_ds, processing_class=tokenizer)
+    except OSError as err:  # transformers' "no weights / unreadable config" for the base model
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--base {base}: not a loadable model directory ({first[:200]})") from None
     started = time.time()
     result = trainer.train()
     train_seconds = time.time() - started

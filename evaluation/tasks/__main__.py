@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from evaluation.argtypes import int_at_least
+from evaluation.argtypes import Parser, int_at_least, output_dir
 from evaluation.tasks import FIXTURES_DIR, TASKS, get_task
 from evaluation.tasks.common import DataUnavailable
 
@@ -34,7 +34,7 @@ offline fixtures (synthetic, in {FIXTURES_DIR}):
 
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m evaluation.tasks` argument parser."""
-    parser = argparse.ArgumentParser(prog="python -m evaluation.tasks", description="Prepare task data for verl.")
+    parser = Parser(prog="python -m evaluation.tasks", description="Prepare task data for verl.")
     commands = parser.add_subparsers(dest="command", required=True)
     prepare = commands.add_parser(
         "prepare",
@@ -43,10 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     prepare.add_argument("task", choices=list(TASKS), metavar="TASK", help=f"one of {', '.join(TASKS)}")
-    prepare.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    prepare.add_argument("--out", required=True, type=output_dir, metavar="DIR", help="output directory")
     prepare.add_argument("--source", metavar="PATH|HUB_ID", help="local file/directory or hub dataset id")
-    prepare.add_argument("--train-size", type=int_at_least(0), default=7500, metavar="N", help="train rows (7500)")
-    prepare.add_argument("--test-size", type=int_at_least(0), default=5000, metavar="N", help="test rows (5000)")
+    prepare.add_argument("--train-size", type=int_at_least(1), default=7500, metavar="N", help="train rows (7500)")
+    prepare.add_argument("--test-size", type=int_at_least(1), default=5000, metavar="N", help="test rows (5000)")
     prepare.add_argument("--seed", type=int, metavar="S",
                          help="hh: shuffle seed (42); --generate: generator seed (0); unused by the hub's math and countdown")
     prepare.add_argument("--generate", action="store_true", help="countdown and math: use our seeded generator")

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from evaluation.files import atomic_write_bytes, read_parquet
+
 SOURCE_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
@@ -24,25 +26,31 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"source: no such file {str(path)!r}")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
+        return read_parquet(path, "source").to_pylist()
+    if suffix not in (".jsonl", ".json"):
+        raise ValueError(f"source: file type must be one of {', '.join(SOURCE_SUFFIXES)}, got {str(path)!r}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"source: {path} is not UTF-8 text") from None
     if suffix == ".jsonl":
         records = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"source: {path}:{lineno} is not valid JSON ({exc.msg})") from None
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"source: {path}:{lineno} is not valid JSON ({exc.msg})") from None
+                if not isinstance(records[-1], dict):
+                    raise ValueError(f"source: {path}:{lineno} must be a JSON object, got a {type(records[-1]).__name__}")
         return records
-    if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, list):
-            raise ValueError(f"source: {path} must hold a JSON list of objects")
-        return data
-    raise ValueError(f"source: file type must be one of {', '.join(SOURCE_SUFFIXES)}, got {str(path)!r}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"source: {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ValueError(f"source: {path} must hold a JSON list of objects")
+    return data
 
 
 def split_file(directory: Path, split: str) -> Path | None:
@@ -120,22 +128,29 @@ def build_rows(
     return [make_row(record, split, index) for index, record in enumerate(records)]
 
 
-def write_split(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write verl RLHFDataset rows as parquet (nested prompt / reward_model / extra_info columns)."""
+def parquet_bytes(rows: list[dict[str, Any]], name: str) -> bytes:
+    """verl RLHFDataset rows as the bytes of a parquet file (nested prompt / reward_model / extra_info columns)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not rows:
-        raise ValueError(f"{path.stem}-size: must be >= 1 to write {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
+        raise ValueError(f"{Path(name).stem}-size: must be >= 1 to write {name}")
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    return sink.getvalue().to_pybytes()
 
 
 def write_dataset(out_dir: str | Path, train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]]) -> dict:
-    """Write out_dir/train.parquet and out_dir/test.parquet; return their paths and row counts."""
+    """Write out_dir/train.parquet and out_dir/test.parquet; return their paths and row counts.
+
+    Both files are built before either is written, and each is written atomically, so a bad split leaves an
+    existing pair untouched.
+    """
     out = Path(out_dir)
-    write_split(train_rows, out / "train.parquet")
-    write_split(test_rows, out / "test.parquet")
+    files = {out / "train.parquet": parquet_bytes(train_rows, "train.parquet"),
+             out / "test.parquet": parquet_bytes(test_rows, "test.parquet")}
+    for path, data in files.items():
+        atomic_write_bytes(path, data)
     return {
         "train": str(out / "train.parquet"),
         "test": str(out / "test.parquet"),

@@ -89,5 +89,5 @@ def test_minerva_bad_input_is_one_line(run_dir, tmp_path, capsys):
             main(base + argv)
         assert exc.value.code == 2
         err = capsys.readouterr().err
-        assert message in err and err.count("\n") == 2  # argparse's usage line + the one error line
+        assert message in err and err.count("\n") == 1
     assert not (run_dir / "eval").exists()  # refused before sampling: nothing written

@@ -56,13 +56,18 @@ def test_cli_trains_deterministically_and_lowers_the_loss(tmp_path, data, tiny_m
         assert (tmp_path / "a" / name).is_file()
     assert warm_start.main([*argv, "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    (tmp_path / "b" / "stale.txt").write_text("left by the earlier warm start")
+    assert warm_start.main([*argv, "--out", str(tmp_path / "b")]) == 0  # an earlier warm start's output is replaced
+    assert not (tmp_path / "b" / "stale.txt").exists()
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
 def test_bad_input_is_one_line_and_keeps_the_previous_output(tmp_path, data, tiny_model, capsys):
-    out = tmp_path / "warm"
+    out = tmp_path / "warm"  # an earlier warm start's output: replaced by a good run, kept by a bad one
     out.mkdir()
     (out / "keep.txt").write_text("previous")
+    (out / warm_start.RECORD).write_text("{}")
     cases = [
         (["--model", str(tiny_model), "--data", str(data / "hh" / "train.parquet")],
          "error: data: task hh ({}) has no demonstrations; the warm start supports math and countdown\n"

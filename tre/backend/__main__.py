@@ -7,20 +7,13 @@ import sys
 import warnings
 from typing import Optional
 
+from evaluation.argtypes import Parser
 from tre.backend.profiles import PROFILES, SIZES, TASKS, WANDB_MODES, RunSpec, SpecError
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit code 2."""
-
-    def error(self, message: str):  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m tre.backend", description="verl PPO runs with TRE and the baselines")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="python -m tre.backend", description="verl PPO runs with TRE and the baselines")
+    sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", "run one PPO experiment and write its run directory"),
                             ("overrides", "print the verl Hydra overrides of a run, one key=value per line")):
         p = sub.add_parser(name, help=help_text)

@@ -45,15 +45,29 @@ def resolve(config) -> dict[str, Any]:
 
 def preflight(resolved: dict[str, Any], spec: RunSpec) -> None:
     """Catch, before Ray starts, the mistakes that would otherwise surface as a worker traceback."""
+    from evaluation.files import BadFile, parquet_metadata
+
     for key in ("train_files", "val_files"):
-        path = resolved["data"][key]
-        if isinstance(path, str) and not os.path.exists(os.path.expanduser(path)):
-            raise SpecError(f"data.{key}: {path} does not exist (make it with `python -m evaluation.tasks prepare {spec.task} --out DIR`, "
-                            "then pass --data-dir DIR)")
-    model = resolved["actor_rollout_ref"]["model"]["path"]
-    if spec.size == "tiny" and not os.path.isdir(os.path.expanduser(model)):
+        files = resolved["data"][key]
+        for path in [files] if isinstance(files, str) else files:
+            if not os.path.exists(os.path.expanduser(path)):
+                raise SpecError(f"data.{key}: {path} does not exist (make it with `python -m evaluation.tasks prepare {spec.task} --out DIR`, "
+                                "then pass --data-dir DIR)")
+            try:  # the footer only: a corrupt file fails here, not inside a Ray worker
+                meta = parquet_metadata(os.path.expanduser(path), f"data.{key}")
+            except BadFile as exc:
+                raise SpecError(f"{exc}; remake it with `python -m evaluation.tasks prepare {spec.task} --out DIR`") from None
+            needed = (resolved["data"].get("prompt_key", "prompt"), "data_source", "reward_model")
+            missing = [c for c in needed if c not in meta.schema.to_arrow_schema().names]
+            if missing or meta.num_rows == 0:
+                raise SpecError(f"data.{key}: {path} " + (f"lacks the column(s) {', '.join(missing)}" if missing else "has no rows")
+                                + f"; make it with `python -m evaluation.tasks prepare {spec.task} --out DIR`")
+    model = os.path.expanduser(resolved["actor_rollout_ref"]["model"]["path"])
+    if spec.size == "tiny" and not os.path.isdir(model):
         raise SpecError(f"model_path: {model} is not a directory (size tiny needs a local model; build one with "
                         "`python -m evaluation.tiny_model --out DIR`)")
+    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
+        raise SpecError(f"model_path: {model} is not a model directory (no config.json)")
     reward = resolved["custom_reward_function"]["path"]
     if reward and not os.path.exists(reward):
         raise SpecError(f"custom_reward_function.path: {reward} does not exist (evaluation.tasks is missing the task's scorer)")
@@ -96,7 +110,10 @@ def prepare(spec: RunSpec) -> tuple[list[str], Any, dict[str, Any], str]:
     config = compose(items)
     resolved = resolve(config)
     preflight(resolved, spec)
-    return items, config, resolved, os.path.abspath(default_run_dir(spec))
+    run_dir = os.path.abspath(default_run_dir(spec))
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise SpecError(f"run_dir: {run_dir} is a file; give a directory")
+    return items, config, resolved, run_dir
 
 
 def train(spec: RunSpec, *, log=print) -> int:
