@@ -124,14 +124,9 @@ def val_summary(values: dict[tuple[int, str], float], val_metric: Optional[str])
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SkipRun(f"{path}: missing") from None
-    except json.JSONDecodeError as e:
-        raise SkipRun(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise SkipRun(f"{path}: not a JSON object")
-    return data
+        return read_json_object(path, path.name)
+    except BadFile as e:
+        raise SkipRun(str(e)) from None
 
 
 def read_run(run_dir: Path, rel: str, provenance: Optional[str] = None) -> RunData:
