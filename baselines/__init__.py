@@ -1,18 +1,32 @@
 """Exploration methods for PPO: policy losses (pure torch, verl's signature) and the METHODS registry.
 
-Adding a baseline = one module here defining its loss with `@policy_loss("name")` (imported below) and one
-`Method(...)` entry in `baselines/methods.py`.
+Adding a baseline = one module here defining its loss with `@policy_loss("name")` (listed in
+`baselines.methods._LOSS_MODULES`) and one `Method(...)` entry in `baselines/methods.py`.
+
+The registry names import without torch; the losses and tensor helpers load on first use, so that
+`python -m tre.backend overrides` and the workflow's config check never import torch.
 """
 
-from baselines.common import LOSS_AGG_MODES, POLICY_LOSSES, agg_loss, masked_mean, policy_loss
-from baselines import entropy, forking_tokens, kl_cov, ppo  # noqa: F401  (registers the policy losses)
-from baselines.entropy import entropy_bonus, policy_loss_with_entropy
-from baselines.forking_tokens import forking_count, forking_mask
-from baselines.methods import ENTROPY_KINDS, METHODS, PAPER_METHODS, Method, get_method
-from baselines.ppo import PPOTerms, dual_clip_terms
+import importlib
 
-__all__ = [
-    "LOSS_AGG_MODES", "POLICY_LOSSES", "agg_loss", "masked_mean", "policy_loss", "entropy_bonus",
-    "policy_loss_with_entropy", "forking_count", "forking_mask", "ENTROPY_KINDS", "METHODS", "PAPER_METHODS",
-    "Method", "get_method", "PPOTerms", "dual_clip_terms",
-]
+from baselines.methods import ENTROPY_KINDS, METHODS, PAPER_METHODS, Method, get_method, load_policy_losses
+
+# name -> module, loaded on first access (PEP 562)
+_LAZY = {
+    "POLICY_LOSSES": "baselines.methods", "policy_loss": "baselines.methods",
+    "LOSS_AGG_MODES": "baselines.common", "agg_loss": "baselines.common", "masked_mean": "baselines.common",
+    "entropy_bonus": "baselines.entropy", "policy_loss_with_entropy": "baselines.entropy",
+    "forking_count": "baselines.forking_tokens", "forking_mask": "baselines.forking_tokens",
+    "PPOTerms": "baselines.ppo", "dual_clip_terms": "baselines.ppo",
+}
+
+__all__ = ["ENTROPY_KINDS", "METHODS", "PAPER_METHODS", "Method", "get_method", "load_policy_losses", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'baselines' has no attribute {name!r}")
+    load_policy_losses()
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

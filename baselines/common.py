@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
+from baselines.methods import POLICY_LOSSES, policy_loss  # noqa: F401  (the registry lives with the methods)
+
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-
-# Policy losses by name, each with verl 0.4.1's `register_policy_loss` signature:
-#   fn(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None, **extra)
-#     -> (pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower)
-# The backend registers each of them with verl under the same name.
-POLICY_LOSSES: dict[str, Callable[..., tuple]] = {}
-
-
-def policy_loss(name: str) -> Callable:
-    """Decorator: add a policy loss to POLICY_LOSSES under `name`."""
-
-    def register(fn: Callable) -> Callable:
-        if name in POLICY_LOSSES:
-            raise ValueError(f"policy loss {name!r} is registered twice")
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return register
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:

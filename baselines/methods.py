@@ -1,14 +1,55 @@
-"""The method registry: every exploration method of the grid by name, and what it plugs into PPO."""
+"""The method registry: every exploration method of the grid by name, and what it plugs into PPO.
+
+Torch-free: importing it (e.g. to print a run's overrides) loads no loss. The policy losses register themselves in
+POLICY_LOSSES when their modules are imported, which `load_policy_losses()` does (and `import baselines` on first
+use of a loss).
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Optional
-
-from baselines.common import POLICY_LOSSES
+from typing import Any, Callable, Mapping, Optional
 
 ENTROPY_KINDS = ("none", "full", "tre_k", "tre_p")
+
+# Policy losses by name, each with verl 0.4.1's `register_policy_loss` signature:
+#   fn(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None, **extra)
+#     -> (pg_loss, pg_clipfrac, ppo_kl, pg_clipfrac_lower)
+# The backend registers each of them with verl under the same name.
+POLICY_LOSSES: dict[str, Callable[..., tuple]] = {}
+_LOSS_MODULES = ("baselines.ppo", "baselines.entropy", "baselines.forking_tokens", "baselines.kl_cov")
+_loaded = False
+
+
+def policy_loss(name: str) -> Callable:
+    """Decorator: add a policy loss to POLICY_LOSSES under `name`."""
+
+    def register(fn: Callable) -> Callable:
+        if name in POLICY_LOSSES:
+            raise ValueError(f"policy loss {name!r} is registered twice")
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return register
+
+
+def _check_policy_loss(method: "Method") -> None:
+    if method.policy_loss != "vanilla" and method.policy_loss not in POLICY_LOSSES:
+        raise ValueError(f"method {method.name}: policy_loss must be 'vanilla' or one of {', '.join(sorted(POLICY_LOSSES))}, got {method.policy_loss!r}")
+
+
+def load_policy_losses() -> Mapping[str, Callable[..., tuple]]:
+    """Import every loss module (torch), check each METHODS entry names a registered loss; POLICY_LOSSES."""
+    global _loaded
+    if not _loaded:
+        for module in _LOSS_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+        for method in METHODS.values():
+            _check_policy_loss(method)
+    return POLICY_LOSSES
 
 
 @dataclass(frozen=True)
@@ -17,7 +58,9 @@ class Method:
 
     name: str
     summary: str
-    policy_loss: str = "vanilla"  # "vanilla" = verl's own dual-clip PPO; otherwise a baselines.POLICY_LOSSES name
+    # A POLICY_LOSSES name; "dual_clip" is the authors' PPO loss. "vanilla" = verl 0.4.1's own compute_policy_loss,
+    # which clamps |log r| at 20 where the authors' fork does not (docs/fidelity.md, "Losses").
+    policy_loss: str = "dual_clip"
     entropy: str = "none"  # which entropy the update's bonus uses: none / full / tre_k / tre_p
     entropy_coeff: float = 0.0
     top_k: Optional[int] = None  # TRE-K
@@ -31,8 +74,8 @@ class Method:
     def __post_init__(self) -> None:
         if self.entropy not in ENTROPY_KINDS:
             raise ValueError(f"method {self.name}: entropy must be one of {', '.join(ENTROPY_KINDS)}, got {self.entropy!r}")
-        if self.policy_loss != "vanilla" and self.policy_loss not in POLICY_LOSSES:
-            raise ValueError(f"method {self.name}: policy_loss must be 'vanilla' or one of {', '.join(sorted(POLICY_LOSSES))}, got {self.policy_loss!r}")
+        if _loaded:  # otherwise checked by load_policy_losses(), for every METHODS entry
+            _check_policy_loss(self)
         if (self.entropy == "tre_k") != (self.top_k is not None) or (self.entropy == "tre_p") != (self.top_p is not None):
             raise ValueError(f"method {self.name}: top_k is for entropy=tre_k and top_p for entropy=tre_p")
         if self.entropy == "none" and self.entropy_coeff != 0:
@@ -50,7 +93,7 @@ def _registry(*methods: Method) -> Mapping[str, Method]:
 
 METHODS: Mapping[str, Method] = _registry(
     # --- the paper's grid -------------------------------------------------------------------------------------
-    Method("ppo", "vanilla PPO (GAE, critic, dual-clip)"),
+    Method("ppo", "vanilla PPO (GAE, critic, dual-clip; the authors' loss, no log-ratio clamp)"),
     Method("entropy", "PPO + full-vocabulary entropy bonus", entropy="full", entropy_coeff=0.001, coeff_known=False),
     Method("kl_cov", "KL-Cov as the authors coded it (|log r| on the top 0.2 % tokens by cov, on dual-clip PPO)",
            policy_loss="kl_cov_fork", loss_params={"kl_cov_k_percent": 0.2, "ppo_kl_coef": 1.0}),

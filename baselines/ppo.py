@@ -13,7 +13,7 @@ class PPOTerms(NamedTuple):
     """Per-token dual-clip PPO losses and the metrics verl logs for them."""
 
     losses: torch.Tensor  # (batch, response) per-token loss, before aggregation
-    log_ratio: torch.Tensor  # log pi - log pi_old (after the optional clamp)
+    log_ratio: torch.Tensor  # log pi - log pi_old (clamped only when clamp_log_ratio is set)
     clipfrac: torch.Tensor
     clipfrac_lower: torch.Tensor
     ppo_kl: torch.Tensor
@@ -28,12 +28,13 @@ def dual_clip_terms(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     clip_ratio_c: float = 3.0,
-    clamp_log_ratio: Optional[float] = 20.0,
+    clamp_log_ratio: Optional[float] = None,
 ) -> PPOTerms:
     """Dual-clip PPO per token: max(-A r, -A clip(r)) and, for A < 0, min(that, -c A).
 
-    `clamp_log_ratio` bounds |log r| before exp as verl 0.4.1 does (20); the authors' fork (verl 0.4.0) had no
-    clamp (None). The two differ only when a token's log-probability moved by more than 20 nats.
+    `clamp_log_ratio=None` is the authors' fork (verl 0.4.0 `core_algos.compute_policy_loss`: no clamp); 20 is
+    verl 0.4.1's `compute_policy_loss`, which clamps log r to [-20, 20] before exp and ppo_kl. They differ only
+    where |log r| > 20, and there KL-Cov's |log r| penalty most (value, and a zero gradient when clamped).
     """
     if not clip_ratio_c > 1.0:
         raise ValueError(f"clip_ratio_c: must be > 1.0 for dual-clip PPO, got {clip_ratio_c}")
@@ -64,12 +65,13 @@ def terms_from_config(old_log_prob, log_prob, advantages, response_mask, config)
         clip_low=cfg(config, "clip_ratio_low", clip),
         clip_high=cfg(config, "clip_ratio_high", clip),
         clip_ratio_c=cfg(config, "clip_ratio_c", 3.0),
-        clamp_log_ratio=cfg(config, "policy_loss.clamp_log_ratio", 20.0),
+        # The paper's methods follow the fork (no clamp); policy_loss.clamp_log_ratio=20 gives verl 0.4.1's.
+        clamp_log_ratio=cfg(config, "policy_loss.clamp_log_ratio", None),
     )
 
 
 @policy_loss("dual_clip")
 def dual_clip_policy_loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None):
-    """verl's vanilla PPO loss: dual-clip surrogate aggregated with `loss_agg_mode`."""
+    """The authors' PPO loss: dual-clip surrogate aggregated with `loss_agg_mode` (verl's, without its clamp)."""
     t = terms_from_config(old_log_prob, log_prob, advantages, response_mask, config)
     return agg_loss(t.losses, response_mask, loss_agg_mode), t.clipfrac, t.ppo_kl, t.clipfrac_lower

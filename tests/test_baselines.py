@@ -1,4 +1,5 @@
-"""Baseline policy losses: hand-computed values on tiny tensors (masks, ties), parity with verl 0.4.1's own losses."""
+"""Baseline policy losses: hand-computed values on tiny tensors (masks, ties), parity with verl 0.4.1's own losses,
+and the authors' fork (verl 0.4.0, no log-ratio clamp) where |log r| > 20."""
 
 import math
 
@@ -113,6 +114,59 @@ def test_clip_cov_detaches_random_tokens_inside_the_covariance_band():
     assert loss_all.item() == 0.0 and clipfrac_all.item() == pytest.approx(0.5, rel=1e-6)
 
 
+# ---------------------------------------------------------------------------------------------- |log r| > 20
+# The authors' compute_policy_loss (verl 0.4.0) has no clamp; verl 0.4.1's clamps log r to [-20, 20].
+# Three valid tokens, old log-prob 0: t0 A=-1, log r=-25; t1 A=1, log r=-0.1; t2 A=0, log r=-0.2.
+# cov(A, log pi) = [16.57, 8.33, 0] -> KL-Cov penalises t0 (max(1, int(3 * 0.2 / 100)) = 1 token).
+# t0's dual-clip loss is -A * clip(e^-25, 0.8, 1.2) = 0.8; t1's is -e^-0.1; t2's is 0.
+FAR_LP = torch.tensor([[-25.0, -0.1, -0.2]])
+FAR_ADV = torch.tensor([[-1.0, 1.0, 0.0]])
+FAR_MASK = torch.ones(1, 3)
+
+
+def test_kl_cov_fork_does_not_clamp_the_log_ratio():
+    lp = FAR_LP.clone().requires_grad_(True)
+    loss, _, ppo_kl, _ = POLICY_LOSSES["kl_cov_fork"](torch.zeros(1, 3), lp, FAR_ADV, FAR_MASK)
+    assert loss.item() == pytest.approx((0.8 + 25.0 - math.exp(-0.1)) / 3, rel=1e-6)  # clamped: 0.8 + 20.0
+    assert ppo_kl.item() == pytest.approx((25.0 + 0.1 + 0.2) / 3, rel=1e-6)  # clamped: (20 + 0.3) / 3
+    loss.backward()
+    # d|log r|/d log pi = -1 at t0 (the clamp would make it 0); t1 unclipped: -A r / 3; t2: 0
+    torch.testing.assert_close(lp.grad, torch.tensor([[-1 / 3, -math.exp(-0.1) / 3, 0.0]]))
+
+
+def test_dual_clip_and_forking_do_not_clamp_the_log_ratio():
+    _, _, ppo_kl, _ = POLICY_LOSSES["dual_clip"](torch.zeros(1, 3), FAR_LP, FAR_ADV, FAR_MASK)
+    assert ppo_kl.item() == pytest.approx(25.3 / 3, rel=1e-6)
+    lp = torch.tensor([[25.0, -0.1, -0.2]], requires_grad=True)  # A = -1 at t0 -> dual clip 3; t1, t2 as above
+    adv = torch.tensor([[1.0, 1.0, 0.0]])  # A = 1, log r = 25: max(-e^25, -1.2) = -1.2, no gradient through r
+    ent = torch.tensor([[1.0, 0.5, 0.0]])  # top ceil(0.2 * 3) = 1 token by entropy: t0
+    loss, _, ppo_kl, _ = POLICY_LOSSES["forking_tokens"](torch.zeros(1, 3), lp, adv, FAR_MASK, "token-mean", None, entropy=ent)
+    assert loss.item() == pytest.approx(-1.2, rel=1e-6)
+    assert ppo_kl.item() == pytest.approx((-25.0 + 0.1 + 0.2) / 3, rel=1e-6)  # clamped: (-20 + 0.3) / 3
+
+
+def test_clamp_log_ratio_20_is_verl_0_4_1s_loss():
+    from verl.trainer.ppo.core_algos import compute_policy_loss
+
+    lp = torch.tensor([[-25.0, 30.0, -0.1, 21.0]])
+    adv = torch.tensor([[1.0, -1.0, 0.5, 2.0]])
+    mask = torch.ones(1, 4)
+    clamped = {"policy_loss": {"clamp_log_ratio": 20.0}}
+    ours = POLICY_LOSSES["dual_clip"](torch.zeros(1, 4), lp, adv, mask, "token-mean", clamped)
+    theirs = compute_policy_loss(torch.zeros(1, 4), lp, adv, mask, cliprange=0.2, clip_ratio_c=3.0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    fork = POLICY_LOSSES["dual_clip"](torch.zeros(1, 4), lp, adv, mask)
+    assert fork[2].item() == pytest.approx((25.0 - 30.0 + 0.1 - 21.0) / 4, rel=1e-6)  # ppo_kl without the clamp
+    assert theirs[2].item() == pytest.approx((20.0 - 20.0 + 0.1 - 20.0) / 4, rel=1e-6)
+
+
+def test_paper_methods_use_the_forks_unclamped_losses():
+    for name in PAPER_METHODS:
+        m = METHODS[name]
+        assert m.policy_loss in ("dual_clip", "kl_cov_fork", "forking_tokens") and "clamp_log_ratio" not in m.loss_params
+
+
 # ---------------------------------------------------------------------------------------------- Forking tokens
 @pytest.mark.parametrize("n, expected", [(1, 1), (4, 1), (5, 1), (11, 3), (15, 3), (100, 20), (101, 21)])
 def test_forking_count_is_the_authors_ceil(n, expected):
@@ -158,6 +212,7 @@ def _random_batch(seed: int):
 
 @pytest.mark.parametrize("mode", baselines.LOSS_AGG_MODES)
 def test_dual_clip_equals_verl_vanilla(mode):
+    """Below |log r| = 20 the fork's loss and verl 0.4.1's are the same function."""
     from verl.trainer.ppo.core_algos import compute_policy_loss
 
     old, new, adv, mask = _random_batch(1)
@@ -192,7 +247,7 @@ def test_paper_grid_methods_and_their_settings():
     assert (METHODS["entropy"].entropy, METHODS["entropy"].entropy_coeff, METHODS["entropy"].coeff_known) == ("full", 0.001, False)
     assert METHODS["kl_cov"].policy_loss == "kl_cov_fork" and METHODS["kl_cov"].loss_params["kl_cov_k_percent"] == 0.2
     assert METHODS["forking_tokens"].needs_token_entropy and METHODS["forking_tokens"].entropy_coeff == 0
-    assert METHODS["ppo"].policy_loss == "vanilla" and METHODS["ppo"].entropy == "none"
+    assert METHODS["ppo"].policy_loss == "dual_clip" and METHODS["ppo"].entropy == "none"
     for m in METHODS.values():
         assert m.policy_loss == "vanilla" or m.policy_loss in POLICY_LOSSES
 

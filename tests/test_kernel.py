@@ -11,7 +11,7 @@ from tre import trust_region_stats
 
 
 def reference(logits: torch.Tensor, top_k=None, top_p=None, max_candidates=256) -> torch.Tensor:
-    """Straightforward float64 transcription of the authors' entropy_from_logits (seed-spec §1), autograd-able."""
+    """Float64 transcription of the authors' verl/utils/torch_functional.py::entropy_from_logits, autograd-able."""
     z = logits.double()
     vocab = z.shape[-1]
     if top_k is None and top_p is None:

@@ -1,6 +1,6 @@
 """Trust-region entropy (TRE): entropy restricted to the plausible tokens, as in the authors' verl fork.
 
-Semantics (notes/seed-spec.md §1), per position with logits z over a vocabulary of size V:
+Semantics (the authors' entropy_from_logits; docs/fidelity.md), per position with logits z over a vocabulary of size V:
   * neither top_k nor top_p: full Shannon entropy H(softmax(z)).
   * TRE-K, K >= 2: H(softmax(z_S)) * ln V / ln K, S = the K largest logits.
   * TRE-K, K == 1: -ln p_max = logsumexp(z) - max(z), over the full vocabulary, unscaled.

@@ -34,7 +34,8 @@ class Preset:
     max_length: int | None = None  # TRL drops (does not truncate) longer pairs; the authors kept all
 
 
-# seed-spec §6.3: lr 1e-5, 3 epochs, warm-up ratio 0.1 (TRL's linear schedule), effective batch 512, bf16;
+# The authors' experiments/hh/reward/train_reward_model_{1.5b,7b}.py (docs/fidelity.md, "Reward: HH"):
+# lr 1e-5, 3 epochs, warm-up ratio 0.1 (TRL's linear schedule), effective batch 512, bf16;
 # 1.5B: 8 per device x 8 accumulation x 8 GPUs; 7B: 1 x 64 x 8 with gradient checkpointing and ZeRO-3.
 PRESETS: dict[str, Preset] = {
     "1.5b": Preset("1.5b", 1e-5, 3, 0.1, per_device_batch=8, effective_batch=512, bf16=True),

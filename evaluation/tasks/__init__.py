@@ -11,7 +11,7 @@ from evaluation.tasks import countdown, hh, math_lighteval
 TASKS: dict[str, ModuleType] = {"math": math_lighteval, "countdown": countdown, "hh": hh}
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 
-# The data sources the authors route to the MATH scorer (their verl/utils/reward_score/__init__.py).
+# The data sources the authors route to the MATH scorer (their reward_score/__init__.py::default_compute_score).
 MATH_DATA_SOURCES = (
     "DigitalLearningGmbH/MATH-lighteval",
     "lighteval/MATH",

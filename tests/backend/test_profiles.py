@@ -1,5 +1,6 @@
-"""`python -m tre.backend overrides`: the paper profile equals the authors' 30 scripts field by field (seed-spec §4),
-the tiny profile runs on CPU, user overrides win, and bad input is one error line with exit code 2."""
+"""`python -m tre.backend overrides`: the paper profile equals the authors' 30 scripts field by field (their
+experiments/<task>/<size>_ppo*.sh; docs/fidelity.md, "Configs"), the tiny profile runs on CPU, user overrides win,
+bad input is one error line with exit code 2, and printing overrides imports neither torch nor verl."""
 
 from __future__ import annotations
 
@@ -11,21 +12,21 @@ import pytest
 from tre.backend.__main__ import main
 from tre.backend.profiles import RunSpec, SpecError, override_map, overrides
 
-# seed-spec §4, one row per script: task, size, method, MRL, entropy coeff, K, P, micro actor/log-prob/critic,
+# One row per authors' script: task, size, method, MRL, entropy coeff, K, P, micro actor/log-prob/ref-log-prob/critic,
 # epochs, test_freq, save_freq.  "entropy" (PPO + full entropy) is the sixth method, on the *_ppo.sh scripts.
 # method, entropy coeff, K, P: the five methods that have an authors' script for every task x size
 SCRIPT_METHODS = (("ppo", 0, None, None), ("forking_tokens", 0, None, None), ("kl_cov", 0, None, None),
                   ("tre_k", 0.001, 2, None), ("tre_p", 0.001, None, 0.99))
 SCRIPTS = [
-    *[("math", "1.5b", m, 8192, e, k, p, 8, 8, 16, 30, 5, 20) for m, e, k, p in SCRIPT_METHODS],
-    *[("math", "7b", m, 8192, e, k, p, 4, 4, 4, 30, 5, 20) for m, e, k, p in SCRIPT_METHODS],
-    *[("countdown", "1.5b", m, 512, e, k, p, 16, 16, 32, 29, 20, 100) for m, e, k, p in SCRIPT_METHODS],
-    *[("countdown", "7b", m, 512, e, k, p, 16, 16, 32, 29, 5, 100) for m, e, k, p in SCRIPT_METHODS],
-    *[("hh", "1.5b", m, 1024, e, k, p, 16, 16, 32, 200, 20, 100) for m, e, k, p in SCRIPT_METHODS],
-    *[("hh", "7b", m, 1024, e, k, p, 8, 8, 16, 200, 5, 20) for m, e, k, p in SCRIPT_METHODS],
+    *[("math", "1.5b", m, 8192, e, k, p, 8, 8, 8, 16, 30, 5, 20) for m, e, k, p in SCRIPT_METHODS],
+    *[("math", "7b", m, 8192, e, k, p, 4, 4, 4, 4, 30, 5, 20) for m, e, k, p in SCRIPT_METHODS],
+    *[("countdown", "1.5b", m, 512, e, k, p, 16, 16, 16, 32, 29, 20, 100) for m, e, k, p in SCRIPT_METHODS],
+    *[("countdown", "7b", m, 512, e, k, p, 16, 16, 16, 32, 29, 5, 100) for m, e, k, p in SCRIPT_METHODS],
+    *[("hh", "1.5b", m, 1024, e, k, p, 16, 16, 16, 32, 200, 20, 100) for m, e, k, p in SCRIPT_METHODS],
+    *[("hh", "7b", m, 1024, e, k, p, 8, 8, 8, 16, 200, 5, 20) for m, e, k, p in SCRIPT_METHODS],
 ]
-ENTROPY_ROWS = [(t, s, "entropy", mrl, 0.001, None, None, a, l, c, ep, tf, sf)
-                for t, s, m, mrl, _, _, _, a, l, c, ep, tf, sf in SCRIPTS if m == "ppo"]
+ENTROPY_ROWS = [(t, s, "entropy", mrl, 0.001, None, None, a, l, r, c, ep, tf, sf)
+                for t, s, m, mrl, _, _, _, a, l, r, c, ep, tf, sf in SCRIPTS if m == "ppo"]
 
 # Set identically in every script.
 COMMON = {
@@ -59,7 +60,7 @@ def test_the_table_has_all_30_scripts_and_6_entropy_runs():
 
 @pytest.mark.parametrize("row", SCRIPTS + ENTROPY_ROWS, ids=lambda r: "-".join(map(str, r[:3])))
 def test_paper_profile_matches_the_authors_script(row, tmp_path):
-    task, size, method, mrl, ent, k, p, act, lp, crit, epochs, test_freq, save_freq = row
+    task, size, method, mrl, ent, k, p, act, lp, ref_lp, crit, epochs, test_freq, save_freq = row
     items = overrides(RunSpec(task, size, method, seed=3, run_dir=str(tmp_path / "run")))
     got = override_map(items)
     assert {key: got.get(key) for key in COMMON} == COMMON
@@ -69,7 +70,8 @@ def test_paper_profile_matches_the_authors_script(row, tmp_path):
     assert got.get(f"{a}.entropy_top_k") == (None if k is None else str(k))
     assert got.get(f"{a}.entropy_top_p") == (None if p is None else str(p))
     assert (got[f"{a}.ppo_micro_batch_size_per_gpu"], got["actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu"],
-            got["critic.ppo_micro_batch_size_per_gpu"]) == (str(act), str(lp), str(crit))
+            got.get("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu"),
+            got["critic.ppo_micro_batch_size_per_gpu"]) == (str(act), str(lp), str(ref_lp), str(crit))
     assert (got["trainer.total_epochs"], got["trainer.test_freq"], got["trainer.save_freq"]) == (str(epochs), str(test_freq), str(save_freq))
     assert got["trainer.project_name"] == f"tre_{task}_{size}"
     assert got["trainer.experiment_name"] == f"{task}_{size}_{method}_seed3"  # never the authors' topk2/topp0.99 slips
@@ -77,7 +79,8 @@ def test_paper_profile_matches_the_authors_script(row, tmp_path):
     assert got["trainer.default_local_dir"] == str(tmp_path / "run" / "checkpoints")
     assert got["data.seed"] == "3"
     # The authors' extra keys, expressed through the registry's policy losses and our entropy keys.
-    loss_mode = {"forking_tokens": "forking_tokens", "kl_cov": "kl_cov_fork"}.get(method, "vanilla")
+    # dual_clip: the authors' PPO loss without verl 0.4.1's log-ratio clamp (docs/fidelity.md, "Losses")
+    loss_mode = {"forking_tokens": "forking_tokens", "kl_cov": "kl_cov_fork"}.get(method, "dual_clip")
     assert got[f"{a}.policy_loss.loss_mode"] == loss_mode
     assert got[f"{a}.tre_entropy"] == {"tre_k": "tre_k", "tre_p": "tre_p", "entropy": "full"}.get(method, "none")
     if method == "forking_tokens":
@@ -100,7 +103,8 @@ def test_keys_verl_lacks_get_a_plus_and_the_list_composes():
     assert "actor_rollout_ref.actor.entropy_coeff=0.001" in items  # verl has this key: no '+'
     resolved = resolve(compose(items))
     assert resolved["actor_rollout_ref"]["actor"]["entropy_top_p"] == 0.99
-    assert resolved["actor_rollout_ref"]["actor"]["policy_loss"]["loss_mode"] == "vanilla"
+    assert resolved["actor_rollout_ref"]["actor"]["policy_loss"]["loss_mode"] == "dual_clip"
+    assert resolved["actor_rollout_ref"]["ref"]["log_prob_micro_batch_size_per_gpu"] == 4
     assert resolved["actor_rollout_ref"]["model"]["external_lib"] == "tre.backend.plugin"
     assert resolved["actor_rollout_ref"]["actor"]["checkpoint"]["save_contents"] == ["model", "optimizer", "extra", "hf_model"]
 
@@ -144,6 +148,10 @@ def test_bad_specs_name_the_field(spec, field):
     (["overrides", "--task", "math", "--size", "1.5b", "--method", "nope"], "method: must be one of ppo, entropy"),
     (["overrides", "--task", "math", "--size", "1.5b", "--method", "ppo", "trainer.no_such_key=1"], "override: Could not override 'trainer.no_such_key'"),
     (["overrides", "--task", "math", "--size", "1.5b", "--method", "ppo", "data.train_batch_size=[1,"], "override: "),
+    (["overrides", "--task", "math", "--size", "1.5b", "--method", "ppo", "actor_rollout_ref.actor.optim.lr=${oops}"],
+     "error: override: actor_rollout_ref.actor.optim.lr: Interpolation key 'oops' not found"),
+    (["overrides", "--task", "math", "--size", "1.5b", "--method", "ppo", "+lr=${oops}"],
+     "error: override: lr: Interpolation key 'oops' not found"),
     (["train", "--task", "math", "--size", "tiny", "--method", "ppo"], "model_path: size tiny needs"),
     (["overrides", "--task", "math"], "error: the following arguments are required: --size, --method"),
 ])
@@ -171,3 +179,15 @@ def test_cli_overrides_prints_only_overrides():
     bad = subprocess.run([sys.executable, "-m", "tre.backend", "overrides", "--task", "hh", "--size", "7b", "--method", "x"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1
+
+
+def test_cli_overrides_imports_neither_torch_nor_verl():
+    """The overrides path reads verl's YAML and the method registry only (it used to import torch and verl's trainer)."""
+    probe = ("import contextlib, io, sys\n"
+             "from tre.backend.__main__ import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             "    rc = main(['overrides', '--task', 'math', '--size', '7b', '--method', 'forking_tokens'])\n"
+             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'verl', 'ray', 'tensordict', 'transformers'))\n"
+             "print(rc, heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "0 []"

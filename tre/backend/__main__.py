@@ -52,11 +52,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         spec = spec_from_args(args)
         if args.command == "overrides":
-            from tre.backend.launch import compose
+            from tre.backend.launch import compose, resolve
             from tre.backend.profiles import overrides
 
             items = overrides(spec)
-            compose(items)  # a malformed user override fails here, not later on a cluster
+            resolve(compose(items))  # a malformed override or a broken interpolation fails here, not on a cluster
             print("\n".join(items))
             return 0
         from tre.backend.launch import train

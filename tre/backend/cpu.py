@@ -2,7 +2,7 @@
 
 Two compatibility shims run everywhere (apply_compat_shims): verl 0.4.1 predates TRL 1.x and transformers 4.56+.
 
-The shims (notes/verl-cpu.md §2) only run when CUDA is absent; nothing in verl's files is changed:
+The shims (docs/fidelity.md, "Deviations") only run when CUDA is absent; nothing in verl's files is changed:
   A. gloo instead of NCCL (verl builds "cpu:gloo,cpu:<nccl>" for init_process_group);
   B. sdpa instead of the hard-coded flash_attention_2;
   C. the torch.cuda-only memory/RNG functions verl calls on `torch.cpu`;

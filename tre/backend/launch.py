@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tre.backend import rundir
-from tre.backend.profiles import RunSpec, SpecError, default_run_dir, overrides, split_override, validate
+from tre.backend.profiles import RunSpec, SpecError, default_run_dir, overrides, split_override, validate, verl_config_dir
 
 EXIT_INTERRUPTED = {2: 130, 15: 143}  # SIGINT, SIGTERM -> the shell's 128 + signum
 
@@ -19,9 +19,7 @@ def compose(items: list[str]):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import verl.trainer
-
-    config_dir = str(Path(verl.trainer.__file__).parent / "config")
+    config_dir = str(verl_config_dir())
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir, version_base=None):
@@ -39,8 +37,10 @@ def resolve(config) -> dict[str, Any]:
 
     try:
         return OmegaConf.to_container(config, resolve=True)
-    except Exception as exc:
-        raise SpecError(f"override: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # OmegaConf's errors carry the offending key in full_key
+        key = getattr(exc, "full_key", None)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"override: {key}: {first}" if key else f"override: {first}") from None
 
 
 def preflight(resolved: dict[str, Any], spec: RunSpec) -> None:

@@ -28,11 +28,12 @@ DIAGNOSTIC_TOP_P = 0.99  # the p of the logged actor/tre_p_entropy, actor/tre_p_
 
 @dataclass(frozen=True)
 class ScriptRow:
-    """The values that differ between the authors' scripts of one (task, size); seed-spec §4."""
+    """The values that differ between the authors' scripts of one (task, size) (docs/fidelity.md, "Configs")."""
 
     max_response_length: int
     actor_micro: int  # actor ppo_micro_batch_size_per_gpu
     log_prob_micro: int  # rollout log_prob_micro_batch_size_per_gpu
+    ref_log_prob_micro: int  # ref log_prob_micro_batch_size_per_gpu (no effect while no KL is on; set as they do)
     critic_micro: int  # critic ppo_micro_batch_size_per_gpu
     total_epochs: int
     test_freq: int
@@ -41,12 +42,12 @@ class ScriptRow:
 
 # Transcribed from the authors' experiments/<task>/<size>_ppo*.sh (HEAD, after the micro-batch commit c7979c5).
 PAPER_GRID: Mapping[tuple[str, str], ScriptRow] = {
-    ("math", "1.5b"): ScriptRow(8192, 8, 8, 16, 30, 5, 20),
-    ("math", "7b"): ScriptRow(8192, 4, 4, 4, 30, 5, 20),
-    ("countdown", "1.5b"): ScriptRow(512, 16, 16, 32, 29, 20, 100),
-    ("countdown", "7b"): ScriptRow(512, 16, 16, 32, 29, 5, 100),
-    ("hh", "1.5b"): ScriptRow(1024, 16, 16, 32, 200, 20, 100),
-    ("hh", "7b"): ScriptRow(1024, 8, 8, 16, 200, 5, 20),
+    ("math", "1.5b"): ScriptRow(8192, 8, 8, 8, 16, 30, 5, 20),
+    ("math", "7b"): ScriptRow(8192, 4, 4, 4, 4, 30, 5, 20),
+    ("countdown", "1.5b"): ScriptRow(512, 16, 16, 16, 32, 29, 20, 100),
+    ("countdown", "7b"): ScriptRow(512, 16, 16, 16, 32, 29, 5, 100),
+    ("hh", "1.5b"): ScriptRow(1024, 16, 16, 16, 32, 200, 20, 100),
+    ("hh", "7b"): ScriptRow(1024, 8, 8, 8, 16, 200, 5, 20),
 }
 
 
@@ -218,7 +219,7 @@ def _common_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
 
 
 def paper_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
-    """The authors' script for (task, size) with `method` plugged in (seed-spec §4, field by field)."""
+    """The authors' script for (task, size) with `method` plugged in (their experiments/<task>/<size>_ppo*.sh, field by field)."""
     row = PAPER_GRID[(spec.task, spec.size)]
     a, r, c = "actor_rollout_ref.actor", "actor_rollout_ref.rollout", "critic"
     return [
@@ -244,6 +245,7 @@ def paper_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
         (f"{r}.enable_chunked_prefill", "False"),
         (f"{r}.n", "8"),
         *_sampling(r),
+        ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", str(row.ref_log_prob_micro)),
         ("actor_rollout_ref.ref.fsdp_config.param_offload", "True"),
         (f"{c}.optim.lr", "1e-05"),
         (f"{c}.optim.lr_warmup_steps_ratio", "0.05"),
@@ -315,14 +317,22 @@ def tiny_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
     ]
 
 
+def verl_config_dir() -> Path:
+    """verl's trainer/config directory, found without importing verl (whose package imports torch and Ray)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("verl")
+    if found is None or not found.submodule_search_locations:
+        raise SpecError("verl: not installed in this environment (the backend pins verl==0.4.1)")
+    return Path(list(found.submodule_search_locations)[0]) / "trainer" / "config"
+
+
 @functools.lru_cache(maxsize=1)
 def _verl_base_config():
     """verl's own ppo_trainer.yaml (unresolved), to tell which keys need Hydra's '+' prefix."""
     from omegaconf import OmegaConf
 
-    import verl.trainer
-
-    return OmegaConf.load(Path(verl.trainer.__file__).parent / "config" / "ppo_trainer.yaml")
+    return OmegaConf.load(verl_config_dir() / "ppo_trainer.yaml")
 
 
 def _has_key(key: str) -> bool:

@@ -3,7 +3,7 @@
 # usage: workflow/slurm/cluster.sh up|down|status
 # Idempotent: `up` installs only missing Debian packages, starts only dead daemons, and restarts the Slurm
 # daemons only when the generated slurm.conf changed. `down` stops every daemon by its pidfile.
-# Needs root and no systemd/cgroups (facts and pitfalls: shared/notes/slurm.md).
+# Needs root and no systemd/cgroups (README, "Running the paper on a Slurm cluster").
 # env: SLURM_CI_STATE  state/log dir (default /tmp/slurm-ci)
 #      SLURM_CI_DBD    1: slurmdbd + MariaDB so sacct works (submitit needs it to see killed jobs); 0: none
 #      SLURM_CI_NODES  N>1: N slurmd daemons on this host named n1..nN (multi-node allocations)
