@@ -29,6 +29,10 @@ DEFAULT_MAX_CANDIDATES = 256  # the authors' hard-coded cap on the TRE-P candida
 # Elements of fp32 scratch allowed per block when a mode must touch the whole vocabulary (logsumexp for
 # TRE-P's mass, full entropy, K == 1). Bounds the transient memory of an unchunked call as well.
 _BLOCK_ELEMS = 1 << 22
+# fp32 elements of the logsumexp scratch: small enough to stay in cache between its exp and its sum.
+_CACHE_ELEMS = 1 << 19
+# Width of the blocks whose maxima pre-filter the top-k selection (_top_values).
+_SELECT_BLOCK = 64
 
 
 def _validate(logits: torch.Tensor, top_k, top_p, max_candidates, chunk_size) -> None:
@@ -94,17 +98,72 @@ def _neg_log_pmax_grad_rows(z: torch.Tensor) -> torch.Tensor:
     return p.scatter_add(-1, z.argmax(-1, keepdim=True), torch.full((z.shape[0], 1), -1.0, dtype=z.dtype, device=z.device))
 
 
-def _candidate_terms(x: torch.Tensor, mode: str, top_k, top_p, max_candidates: int, need_grad: bool):
-    """For TRE-K/TRE-P rows x: (entropy, candidate indices, d entropy / d candidate logit or None)."""
+def _logsumexp_rows(x: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+    """torch.logsumexp(x.float(), -1) bit for bit, given each row's maximum, through a cache-sized fp32 scratch."""
+    rows, vocab = x.shape
+    group = max(2, _CACHE_ELEMS // vocab)
+    shift = row_max.float().masked_fill(row_max.abs() == math.inf, 0.0).unsqueeze(-1)  # as torch.logsumexp shifts
+    scratch = torch.zeros(min(group, max(rows, 2)), vocab, dtype=torch.float32, device=x.device)
+    total = torch.empty(rows, dtype=torch.float32, device=x.device)
+    for s in range(0, rows, group):
+        k = min(group, rows - s)
+        buf = scratch[:k]
+        if x.dtype == torch.float32:
+            torch.sub(x[s : s + k], shift[s : s + k], out=buf)
+        else:
+            buf.copy_(x[s : s + k]).sub_(shift[s : s + k])
+        buf.exp_()
+        # never a one-row sum: that one is split across threads and rounds differently from a row of a batch
+        total[s : s + k] = scratch[: max(k, 2)].sum(-1)[:k]
+    return total.log_().add_(shift.squeeze(-1))
+
+
+def _prefilter_applies(vocab: int, m: int) -> bool:
+    """Whether the block pre-filter of _top_values pays off: the m + 1 gathered blocks are a small part of the row."""
+    return (m + 1) * _SELECT_BLOCK * 4 <= vocab
+
+
+def _top_values(x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The m + 1 largest entries of rows x (r, V), sorted descending (values, and indices of the first m).
+
+    Values equal torch.topk(x, m + 1)'s bit for bit: any entry outside the m + 1 blocks of _SELECT_BLOCK entries
+    with the largest maxima is matched or exceeded by those m + 1 maxima, so a top-k over the gathered blocks
+    (and the ragged tail) stands for a top-k over the whole row. Only the order of equal values may differ.
+    Requires _prefilter_applies(V, m).
+    """
+    rows, vocab = x.shape
+    b = _SELECT_BLOCK
+    nb = vocab // b
+    blocks = x[:, : nb * b].unflatten(1, (nb, b))
+    chosen = torch.topk(blocks.amax(-1), m + 1, dim=-1, sorted=False).indices
+    cand = blocks.gather(1, chosen.unsqueeze(-1).expand(-1, -1, b)).flatten(1)
+    if nb * b < vocab:
+        cand = torch.cat([cand, x[:, nb * b :]], 1)
+    vals, pos = torch.topk(cand, m + 1, dim=-1, sorted=True)
+    pos = pos[:, :m]
+    idx = chosen.gather(1, (pos // b).clamp(max=m)) * b + pos % b
+    if nb * b < vocab:
+        idx = torch.where(pos < (m + 1) * b, idx, pos - (m + 1) * b + nb * b)
+    return vals, idx
+
+
+def _group_terms(x: torch.Tensor, mode: str, top_k, top_p, m: int, need_grad: bool, plain: bool):
+    """_candidate_terms on one row group; `plain` selects with torch.topk over the whole rows."""
     vocab = x.shape[-1]
     log_v = math.log(vocab)
-    vals, idx = torch.topk(x, top_k if mode == "k" else min(max_candidates, vocab), dim=-1, sorted=True)
+    if plain:
+        vals, idx = torch.topk(x, m, dim=-1, sorted=True)
+        ext = None
+    else:
+        ext, idx = _top_values(x, m)
+        vals = ext[:, :m]
     z = vals.float()
     if mode == "k":
         h, q, log_q = _restricted_entropy(z)
         scale = torch.full_like(h, log_v / math.log(top_k))
+        count = None
     else:
-        lse = _blockwise(x, lambda r: torch.logsumexp(r, -1))
+        lse = _logsumexp_rows(x, z[:, 0])
         probs = torch.exp(z - lse.unsqueeze(-1))
         keep = (torch.cumsum(probs, -1) - probs) < top_p  # exclusive cumulative mass, sorted descending
         keep[:, 0] = True
@@ -112,7 +171,36 @@ def _candidate_terms(x: torch.Tensor, mode: str, top_k, top_p, max_candidates: i
         h, q, log_q = _restricted_entropy(z, keep)
         scale = torch.where(count >= 2, log_v / torch.log(count.clamp(min=2).float()), torch.zeros_like(h))
     dz = -q * (log_q + h.unsqueeze(-1)) * scale.unsqueeze(-1) if need_grad else None
-    return h * scale, idx, dz
+    h = h * scale
+    if need_grad and ext is not None:
+        # Which of several equal logits is a candidate only matters where equal values straddle the kept set's
+        # edge (and for non-finite rows): redo those rows with torch.topk so gradients keep its tie order.
+        edge = torch.full_like(h, m, dtype=torch.long) if count is None else count
+        redo = (ext.gather(1, (edge - 1).unsqueeze(-1)) == ext.gather(1, edge.unsqueeze(-1))).squeeze(-1)
+        redo |= ~torch.isfinite(ext[:, 0])
+        if redo.any():
+            r = redo.nonzero().squeeze(-1)
+            h[r], idx[r], dz[r] = _group_terms(x[r], mode, top_k, top_p, m, need_grad, plain=True)
+    return h, idx, dz
+
+
+def _candidate_terms(x: torch.Tensor, mode: str, top_k, top_p, max_candidates: int, need_grad: bool):
+    """For TRE-K/TRE-P rows x: (entropy, candidate indices, d entropy / d candidate logit or None)."""
+    rows, vocab = x.shape
+    m = top_k if mode == "k" else min(max_candidates, vocab)
+    plain = not _prefilter_applies(vocab, m)
+    step = max(1, _BLOCK_ELEMS // vocab)
+    if rows <= step:
+        return _group_terms(x, mode, top_k, top_p, m, need_grad, plain)
+    h = torch.empty(rows, dtype=torch.float32, device=x.device)
+    idx = torch.empty(rows, m, dtype=torch.long, device=x.device)
+    dz = torch.empty(rows, m, dtype=torch.float32, device=x.device) if need_grad else None
+    for s in range(0, rows, step):
+        gh, gi, gd = _group_terms(x[s : s + step], mode, top_k, top_p, m, need_grad, plain)
+        h[s : s + step], idx[s : s + step] = gh, gi
+        if need_grad:
+            dz[s : s + step] = gd
+    return h, idx, dz
 
 
 class _TRE(torch.autograd.Function):
