@@ -353,3 +353,13 @@ def test_kernel_benchmark_prints_its_table_and_nothing_else():
         assert rows[7].startswith(f"{dtype:<9} {n:>6} ratios: ours_p/authors_p time ")
     assert body[-3].startswith("float32   chunked extra peak at N=16: ")
     assert re.fullmatch(r"float32   chunked extra peak N=32 / N=16: \d+\.\d{3} \(target ~1: flat\)", body[-1])
+
+
+def test_trust_region_stats_unchanged_by_the_prefilter(monkeypatch):
+    x = _mixed_rows(4099, torch.float32, seed=9)
+    fast = trust_region_stats(x, top_k=2, top_p=0.9, max_candidates=40)
+    monkeypatch.setattr(kernel, "_prefilter_applies", lambda vocab, m: False)
+    plain = trust_region_stats(x, top_k=2, top_p=0.9, max_candidates=40)
+    for key in plain:
+        assert torch.equal(fast[key].isnan(), plain[key].isnan()), key
+        assert torch.equal(fast[key].nan_to_num(), plain[key].nan_to_num()), key

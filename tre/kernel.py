@@ -149,6 +149,14 @@ def _top_values(x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals, idx
 
 
+def _largest(x: torch.Tensor, m: int) -> torch.Tensor:
+    """torch.topk(x, m, sorted=True).values of rows x (r, V), through the block pre-filter where it applies."""
+    if not (x.is_cpu and _prefilter_applies(x.shape[-1], m)):
+        return torch.topk(x, m, dim=-1, sorted=True).values
+    step = max(1, _BLOCK_ELEMS // x.shape[-1])
+    return torch.cat([_top_values(x[s : s + step], m)[0][:, :m] for s in range(0, x.shape[0], step)])
+
+
 def _group_terms(x: torch.Tensor, mode: str, top_k, top_p, m: int, need_grad: bool, plain: bool):
     """_candidate_terms on one row group; `plain` selects with torch.topk over the whole rows."""
     vocab = x.shape[-1]
@@ -295,8 +303,8 @@ def trust_region_stats(
     vocab = logits.shape[-1]
     log_v = math.log(vocab)
     m_p = min(max_candidates, vocab)
-    z = torch.topk(logits, max(m_p, top_k), dim=-1, sorted=True).values.float()
-    lse = _blockwise(logits, lambda r: torch.logsumexp(r, -1))
+    z = _largest(logits, max(m_p, top_k)).float()
+    lse = _logsumexp_rows(logits, z[:, 0]) if logits.is_cpu else _blockwise(logits, lambda r: torch.logsumexp(r, -1))
     probs = torch.exp(z - lse.unsqueeze(-1))
     keep = (torch.cumsum(probs[:, :m_p], -1) - probs[:, :m_p]) < top_p
     keep[:, 0] = True
