@@ -1,6 +1,7 @@
 """Trust-region entropy (TRE): entropy restricted to the plausible tokens, as in the authors' verl fork.
 
-Semantics (notes/seed-spec.md §1), per position with logits z over a vocabulary of size V:
+Semantics (the authors' `entropy_from_logits`, verl/utils/torch_functional.py of their fork), per position with
+logits z over a vocabulary of size V:
   * neither top_k nor top_p: full Shannon entropy H(softmax(z)).
   * TRE-K, K >= 2: H(softmax(z_S)) * ln V / ln K, S = the K largest logits.
   * TRE-K, K == 1: -ln p_max = logsumexp(z) - max(z), over the full vocabulary, unscaled.
@@ -8,12 +9,18 @@ Semantics (notes/seed-spec.md §1), per position with logits z over a vocabulary
     (the top token always kept); H(softmax(z_S)) * ln V / ln |S|, and exactly 0 where |S| == 1.
 
 Implementation: one autograd Function walks the positions in chunks. Forward needs, per chunk, only the
-top candidates (and, for TRE-P, a row-wise logsumexp computed in bounded blocks), so no full-vocabulary
-probability tensor is ever held. Backward is analytic: for a restricted softmax q over a set S,
-dH/dz_j = -q_j (ln q_j + H) for j in S and 0 elsewhere, so the gradient is scattered from the small
-candidate tensor. The full-entropy and K == 1 modes, and every mode when chunked, recompute their chunk in
-backward instead of saving per-position activations. All arithmetic is fp32 whatever the input dtype; the
-gradient has the input's dtype.
+top candidates (and, for TRE-P, a row-wise logsumexp), so no full-vocabulary probability tensor is ever held.
+Backward is analytic: for a restricted softmax q over a set S, dH/dz_j = -q_j (ln q_j + H) for j in S and 0
+elsewhere, so the gradient is scattered from the small candidate tensor. The full-entropy and K == 1 modes,
+and every mode when chunked, recompute their chunk in backward instead of saving per-position activations.
+All arithmetic is fp32 whatever the input dtype; the gradient has the input's dtype.
+
+On CPU, where a whole-row torch.topk dominated the time, the candidates come from a block pre-filter
+(_top_values: the top blocks by maximum, then a top-k over them) and the logsumexp from one pass through a
+cache-sized scratch (_logsumexp_rows). Both give torch.topk's and torch.logsumexp's values bit for bit; where
+equal logits straddle the kept set's edge, the row is redone with torch.topk so that the gradient reaches
+the same tied tokens. Values and gradients are therefore exactly those of the plain torch.topk path, which
+other devices keep.
 """
 
 from __future__ import annotations
