@@ -265,11 +265,13 @@ def _mixed_rows(vocab: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("m", [1, 2, 40])
 @pytest.mark.parametrize("vocab", [4096, 4099])  # a multiple of the block width, and a ragged tail
-def test_prefiltered_top_values_equal_torch_topk_bit_for_bit(vocab, m, dtype):
+def test_prefiltered_top_values_equal_torch_topk_bit_for_bit(vocab, m, dtype, monkeypatch):
     x = _mixed_rows(vocab, dtype, seed=vocab + m)
+    monkeypatch.setattr(kernel, "_CACHE_ELEMS", 11 * vocab)  # row groups of 11 and 1
     assert kernel._prefilter_applies(vocab, m)
-    vals, idx = kernel._top_values(x, m)
+    vals, idx, lse = kernel._top_values(x, m, with_lse=True)
     assert torch.equal(vals, torch.topk(x, m + 1, dim=-1).values)
+    assert torch.equal(lse, torch.logsumexp(x.float(), -1))
     assert torch.equal(x.gather(1, idx), vals[:, :m])  # the indices point at those values
     assert all(len(set(row.tolist())) == m for row in idx)
 

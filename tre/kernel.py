@@ -36,8 +36,9 @@ DEFAULT_MAX_CANDIDATES = 256  # the authors' hard-coded cap on the TRE-P candida
 # Elements of fp32 scratch allowed per block when a mode must touch the whole vocabulary (logsumexp for
 # TRE-P's mass, full entropy, K == 1). Bounds the transient memory of an unchunked call as well.
 _BLOCK_ELEMS = 1 << 22
-# fp32 elements of the logsumexp scratch: small enough to stay in cache between its exp and its sum.
-_CACHE_ELEMS = 1 << 19
+# Elements per row group of the CPU selection and logsumexp: small enough that a group read from memory for
+# the block maxima is still in cache for the gather, the exp and the sum.
+_CACHE_ELEMS = 1 << 20
 # Entries per block whose maxima pre-filter the top-k selection (_top_values); 16 measured fastest at V = 151936.
 _SELECT_BLOCK = 16
 
@@ -105,23 +106,38 @@ def _neg_log_pmax_grad_rows(z: torch.Tensor) -> torch.Tensor:
     return p.scatter_add(-1, z.argmax(-1, keepdim=True), torch.full((z.shape[0], 1), -1.0, dtype=z.dtype, device=z.device))
 
 
+def _shifted_exp_sum(x: torch.Tensor, shift: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """sum(exp(x.float() - shift), -1) for a few rows x, as torch.logsumexp computes it; scratch: (>= 2, V) fp32."""
+    k = x.shape[0]
+    buf = scratch[:k]
+    if x.dtype == torch.float32:
+        torch.sub(x, shift, out=buf)
+    else:
+        buf.copy_(x).sub_(shift)
+    buf.exp_()
+    # never a one-row sum: that one is split across threads and rounds differently from a row of a batch
+    return scratch[: max(k, 2)].sum(-1)[:k]
+
+
+def _lse_shift(row_max: torch.Tensor) -> torch.Tensor:
+    """The shift torch.logsumexp subtracts: the row maximum, 0 where it is infinite."""
+    return row_max.float().masked_fill(row_max.abs() == math.inf, 0.0).unsqueeze(-1)
+
+
+def _group_rows(vocab: int) -> int:
+    """Rows per cache-sized group (at least 2, see _shifted_exp_sum)."""
+    return max(2, _CACHE_ELEMS // vocab)
+
+
 def _logsumexp_rows(x: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
     """torch.logsumexp(x.float(), -1) bit for bit, given each row's maximum, through a cache-sized fp32 scratch."""
     rows, vocab = x.shape
-    group = max(2, _CACHE_ELEMS // vocab)
-    shift = row_max.float().masked_fill(row_max.abs() == math.inf, 0.0).unsqueeze(-1)  # as torch.logsumexp shifts
+    group = _group_rows(vocab)
+    shift = _lse_shift(row_max)
     scratch = torch.zeros(min(group, max(rows, 2)), vocab, dtype=torch.float32, device=x.device)
     total = torch.empty(rows, dtype=torch.float32, device=x.device)
     for s in range(0, rows, group):
-        k = min(group, rows - s)
-        buf = scratch[:k]
-        if x.dtype == torch.float32:
-            torch.sub(x[s : s + k], shift[s : s + k], out=buf)
-        else:
-            buf.copy_(x[s : s + k]).sub_(shift[s : s + k])
-        buf.exp_()
-        # never a one-row sum: that one is split across threads and rounds differently from a row of a batch
-        total[s : s + k] = scratch[: max(k, 2)].sum(-1)[:k]
+        total[s : s + group] = _shifted_exp_sum(x[s : s + group], shift[s : s + group], scratch)
     return total.log_().add_(shift.squeeze(-1))
 
 
@@ -130,38 +146,51 @@ def _prefilter_applies(vocab: int, m: int) -> bool:
     return (m + 1) * _SELECT_BLOCK * 4 <= vocab
 
 
-def _top_values(x: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The m + 1 largest entries of rows x (r, V), sorted descending (values, and indices of the first m).
+def _top_values(x: torch.Tensor, m: int, with_lse: bool = False):
+    """The m + 1 largest entries of rows x (r, V), sorted descending (values, indices of the first m, and
+    torch.logsumexp(x.float(), -1) when with_lse, else None).
 
     Values equal torch.topk(x, m + 1)'s bit for bit. A row is cut into V // _SELECT_BLOCK strided blocks
     (column c of the row viewed as _SELECT_BLOCK x V // _SELECT_BLOCK) plus a ragged tail; any entry outside the
     m + 1 blocks with the largest maxima is matched or exceeded by those m + 1 maxima, so a top-k over the
     gathered blocks and the tail stands for a top-k over the whole row. Only the order of equal values may
-    differ. Requires _prefilter_applies(V, m).
+    differ. Rows go in cache-sized groups so that the logsumexp reads them from cache, not memory, a second
+    time. Requires _prefilter_applies(V, m).
     """
     rows, vocab = x.shape
     b = _SELECT_BLOCK
     nb = vocab // b
-    blocks = x[:, : nb * b].unflatten(1, (b, nb))  # strided blocks: their maxima are one vectorised pass
-    chosen = torch.topk(blocks.amax(1), m + 1, dim=-1, sorted=False).indices  # (r, m + 1)
-    cand = blocks.gather(2, chosen.unsqueeze(1).expand(-1, b, -1)).flatten(1)  # (r, b * (m + 1))
-    if nb * b < vocab:
-        cand = torch.cat([cand, x[:, nb * b :]], 1)
-    vals, pos = torch.topk(cand, m + 1, dim=-1, sorted=True)
-    pos = pos[:, :m]
     width = b * (m + 1)
-    idx = (pos // (m + 1)).clamp(max=b - 1) * nb + chosen.gather(1, pos % (m + 1))
+    vals = torch.empty(rows, m + 1, dtype=x.dtype, device=x.device)
+    pos = torch.empty(rows, m + 1, dtype=torch.long, device=x.device)
+    chosen = torch.empty(rows, m + 1, dtype=torch.long, device=x.device)
+    group = _group_rows(vocab)
+    if with_lse:
+        total = torch.empty(rows, dtype=torch.float32, device=x.device)
+        scratch = torch.zeros(min(group, max(rows, 2)), vocab, dtype=torch.float32, device=x.device)
+    for s in range(0, rows, group):
+        xs = x[s : s + group]
+        blocks = xs[:, : nb * b].unflatten(1, (b, nb))  # strided blocks: their maxima are one vectorised pass
+        chosen[s : s + group] = torch.topk(blocks.amax(1), m + 1, dim=-1, sorted=False).indices
+        cand = blocks.gather(2, chosen[s : s + group].unsqueeze(1).expand(-1, b, -1)).flatten(1)  # (k, width)
+        if nb * b < vocab:
+            cand = torch.cat([cand, xs[:, nb * b :]], 1)
+        torch.topk(cand, m + 1, dim=-1, sorted=True, out=(vals[s : s + group], pos[s : s + group]))
+        if with_lse:
+            total[s : s + group] = _shifted_exp_sum(xs, _lse_shift(vals[s : s + group, 0]), scratch)
+    p = pos[:, :m]
+    idx = (p // (m + 1)).clamp(max=b - 1) * nb + chosen.gather(1, p % (m + 1))
     if nb * b < vocab:
-        idx = torch.where(pos < width, idx, pos - width + nb * b)
-    return vals, idx
+        idx = torch.where(p < width, idx, p - width + nb * b)
+    lse = total.log_().add_(_lse_shift(vals[:, 0]).squeeze(-1)) if with_lse else None
+    return vals, idx, lse
 
 
 def _largest(x: torch.Tensor, m: int) -> torch.Tensor:
     """torch.topk(x, m, sorted=True).values of rows x (r, V), through the block pre-filter where it applies."""
     if not (x.is_cpu and _prefilter_applies(x.shape[-1], m)):
         return torch.topk(x, m, dim=-1, sorted=True).values
-    step = max(1, _BLOCK_ELEMS // x.shape[-1])
-    return torch.cat([_top_values(x[s : s + step], m)[0][:, :m] for s in range(0, x.shape[0], step)])
+    return _top_values(x, m)[0][:, :m]
 
 
 def _group_terms(x: torch.Tensor, mode: str, top_k, top_p, m: int, need_grad: bool, plain: bool):
@@ -170,9 +199,9 @@ def _group_terms(x: torch.Tensor, mode: str, top_k, top_p, m: int, need_grad: bo
     log_v = math.log(vocab)
     if plain:
         vals, idx = torch.topk(x, m, dim=-1, sorted=True)
-        ext = None
+        ext = lse = None
     else:
-        ext, idx = _top_values(x, m)
+        ext, idx, lse = _top_values(x, m, with_lse=mode == "p")
         vals = ext[:, :m]
     z = vals.float()
     if mode == "k":
@@ -180,7 +209,8 @@ def _group_terms(x: torch.Tensor, mode: str, top_k, top_p, m: int, need_grad: bo
         scale = torch.full_like(h, log_v / math.log(top_k))
         count = None
     else:
-        lse = _logsumexp_rows(x, z[:, 0]) if x.is_cpu else _blockwise(x, lambda r: torch.logsumexp(r, -1))
+        if lse is None:
+            lse = _logsumexp_rows(x, z[:, 0]) if x.is_cpu else _blockwise(x, lambda r: torch.logsumexp(r, -1))
         probs = torch.exp(z - lse.unsqueeze(-1))
         keep = (torch.cumsum(probs, -1) - probs) < top_p  # exclusive cumulative mass, sorted descending
         keep[:, 0] = True
