@@ -1,13 +1,22 @@
 """tre.trust_region_entropy: known values, float64 parity (value + gradient), chunking, numerics, errors."""
 
+import importlib.util
 import math
+import os
+import re
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
 
+import tre.kernel as kernel
 from tre import trust_region_entropy as tre
 from tre import trust_region_stats
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference(logits: torch.Tensor, top_k=None, top_p=None, max_candidates=256) -> torch.Tensor:
@@ -238,3 +247,121 @@ def test_trust_region_stats_agree_with_the_entropy_and_float64(top_k):
     torch.testing.assert_close(s["tre_p_size"].double(), keep.sum(-1).double())
     torch.testing.assert_close(s["tail_mass_k"].double(), 1 - p[:, :top_k].sum(-1), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(s["tail_mass_p"].double(), 1 - (p[:, :64] * keep).sum(-1), rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- fast selection
+def _mixed_rows(vocab: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Continuous rows, coarse rows (many equal values at every cut), masked rows and a constant row."""
+    g = torch.Generator().manual_seed(seed)
+    smooth = torch.randn(4, vocab, generator=g) * (torch.rand(4, 1, generator=g) * 6 + 0.5)
+    coarse = (torch.randn(4, vocab, generator=g) * 4).round()
+    masked = torch.randn(3, vocab, generator=g) * 3
+    masked[0, 50:] = -math.inf  # fewer allowed tokens than candidates
+    masked[1, ::2] = -math.inf
+    masked[2, :-3] = -math.inf  # only the ragged tail allowed
+    return torch.cat([smooth, coarse, masked, torch.ones(1, vocab)]).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("m", [1, 2, 40])
+@pytest.mark.parametrize("vocab", [4096, 4099])  # a multiple of the block width, and a ragged tail
+def test_prefiltered_top_values_equal_torch_topk_bit_for_bit(vocab, m, dtype, monkeypatch):
+    x = _mixed_rows(vocab, dtype, seed=vocab + m)
+    monkeypatch.setattr(kernel, "_CACHE_ELEMS", 11 * vocab)  # row groups of 11 and 1
+    assert kernel._prefilter_applies(vocab, m)
+    vals, idx, lse = kernel._top_values(x, m, with_lse=True)
+    assert torch.equal(vals, torch.topk(x, m + 1, dim=-1).values)
+    assert torch.equal(lse, torch.logsumexp(x.float(), -1))
+    assert torch.equal(x.gather(1, idx), vals[:, :m])  # the indices point at those values
+    assert all(len(set(row.tolist())) == m for row in idx)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "kw",
+    [{"top_k": 2}, {"top_k": 5}, {"top_p": 0.5}, {"top_p": 0.99, "max_candidates": 40}, {"top_p": 0.9, "max_candidates": 40, "chunk_size": 3}],
+    ids=["k2", "k5", "p0.5", "p0.99-m40", "p0.9-m40-chunk"],
+)
+def test_prefilter_changes_no_bit_of_values_or_gradients(kw, dtype, monkeypatch):
+    # coarse rows put equal logits across the kept set's edge: those rows must keep torch.topk's tie order
+    base = _mixed_rows(4099, dtype, seed=1)
+    w = torch.randn(base.shape[0], generator=torch.Generator().manual_seed(2))
+
+    def run():
+        x = base.clone().requires_grad_(True)
+        y = tre(x, **kw)
+        (y * w).sum().backward()
+        return y.detach(), x.grad
+
+    fast = run()
+    monkeypatch.setattr(kernel, "_prefilter_applies", lambda vocab, m: False)
+    plain = run()
+    assert torch.equal(fast[0], plain[0]) and torch.equal(fast[1], plain[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_logsumexp_rows_is_torch_logsumexp_bit_for_bit(dtype, monkeypatch):
+    vocab = 40000  # above torch's grain size: a one-row torch.logsumexp would be split across threads
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(7, vocab, generator=g) * 5
+    x[1, ::3] = -math.inf
+    x[2] = -math.inf
+    x[3, 17] = math.inf
+    x = x.to(dtype)
+    monkeypatch.setattr(kernel, "_CACHE_ELEMS", 3 * vocab)  # groups of 3, 3 and a last group of one row
+    got = kernel._logsumexp_rows(x, x.float().amax(-1))
+    expected = torch.logsumexp(x.float(), -1)  # a batch of rows: each row reduced whole
+    assert torch.equal(got.isnan(), expected.isnan())
+    assert torch.equal(got[~got.isnan()], expected[~expected.isnan()])
+
+
+# ---------------------------------------------------------------------------------------------- benchmark
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("kernel_benchmark", ROOT / "benchmarks" / "kernel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_memory_is_the_allocators_exact_and_repeatable_peak():
+    bench = _benchmark_module()
+    base = torch.randn(8, 3000)
+    # forward keeps exp(z) (8 x 3000 fp32) for backward; backward allocates only the gradient it returns
+    peaks = [bench.extra_peak_bytes(lambda z: z.exp().sum(-1), base) for _ in range(5)]
+    assert len(set(peaks)) == 1
+    assert 8 * 3000 * 4 <= peaks[0] <= 8 * 3000 * 4 + 1024
+
+
+def test_kernel_benchmark_prints_its_table_and_nothing_else():
+    cmd = [sys.executable, "benchmarks/kernel.py", "--device", "cpu", "--vocab", "1000", "--positions", "4,8",
+           "--dtypes", "float32,bfloat16", "--reps", "1", "--mem-reps", "2", "--check-rows", "4", "--flat", "16,32", "--chunk", "8"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no profiler chatter
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("V=1000 device=cpu")
+    assert lines[1].split() == ["dtype", "N", "method", "fwd+bwd", "ms", "extra", "MiB", "val", "err", "grad", "err"]
+    methods = ["full", "authors_k", "authors_p", "ours_k", "ours_p", "ours_p_chunk", "floor"]
+    body = lines[2:]
+    assert len(body) == 2 * 2 * (len(methods) + 1) + 3
+    for block, (dtype, n) in enumerate([(d, n) for d in ("float32", "bfloat16") for n in (4, 8)]):
+        rows = body[block * 8 : block * 8 + 8]
+        for method, row in zip(methods, rows):
+            cells = row.split()
+            assert cells[:3] == [dtype, str(n), method]
+            assert len(cells) == (4 if method == "floor" else 7) and all(float(c) >= 0 for c in cells[3:])
+            if method.startswith("ours_") and dtype == "float32":
+                assert float(cells[5]) < 1e-5 and float(cells[6]) < 1e-4  # value and gradient error vs float64
+        assert rows[7].startswith(f"{dtype:<9} {n:>6} ratios: ours_p/authors_p time ")
+    assert body[-3].startswith("float32   chunked extra peak at N=16: ")
+    assert re.fullmatch(r"float32   chunked extra peak N=32 / N=16: \d+\.\d{3} \(target ~1: flat\)", body[-1])
+
+
+def test_trust_region_stats_unchanged_by_the_prefilter(monkeypatch):
+    x = _mixed_rows(4099, torch.float32, seed=9)
+    fast = trust_region_stats(x, top_k=2, top_p=0.9, max_candidates=40)
+    monkeypatch.setattr(kernel, "_prefilter_applies", lambda vocab, m: False)
+    plain = trust_region_stats(x, top_k=2, top_p=0.9, max_candidates=40)
+    for key in plain:
+        assert torch.equal(fast[key].isnan(), plain[key].isnan()), key
+        assert torch.equal(fast[key].nan_to_num(), plain[key].nan_to_num()), key

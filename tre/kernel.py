@@ -1,6 +1,7 @@
 """Trust-region entropy (TRE): entropy restricted to the plausible tokens, as in the authors' verl fork.
 
-Semantics (the authors' entropy_from_logits; docs/fidelity.md), per position with logits z over a vocabulary of size V:
+Semantics (the authors' `entropy_from_logits`, verl/utils/torch_functional.py of their fork; docs/fidelity.md), per
+position with logits z over a vocabulary of size V:
   * neither top_k nor top_p: full Shannon entropy H(softmax(z)).
   * TRE-K, K >= 2: H(softmax(z_S)) * ln V / ln K, S = the K largest logits.
   * TRE-K, K == 1: -ln p_max = logsumexp(z) - max(z), over the full vocabulary, unscaled.
@@ -8,12 +9,18 @@ Semantics (the authors' entropy_from_logits; docs/fidelity.md), per position wit
     (the top token always kept); H(softmax(z_S)) * ln V / ln |S|, and exactly 0 where |S| == 1.
 
 Implementation: one autograd Function walks the positions in chunks. Forward needs, per chunk, only the
-top candidates (and, for TRE-P, a row-wise logsumexp computed in bounded blocks), so no full-vocabulary
-probability tensor is ever held. Backward is analytic: for a restricted softmax q over a set S,
-dH/dz_j = -q_j (ln q_j + H) for j in S and 0 elsewhere, so the gradient is scattered from the small
-candidate tensor. The full-entropy and K == 1 modes, and every mode when chunked, recompute their chunk in
-backward instead of saving per-position activations. All arithmetic is fp32 whatever the input dtype; the
-gradient has the input's dtype.
+top candidates (and, for TRE-P, a row-wise logsumexp), so no full-vocabulary probability tensor is ever held.
+Backward is analytic: for a restricted softmax q over a set S, dH/dz_j = -q_j (ln q_j + H) for j in S and 0
+elsewhere, so the gradient is scattered from the small candidate tensor. The full-entropy and K == 1 modes,
+and every mode when chunked, recompute their chunk in backward instead of saving per-position activations.
+All arithmetic is fp32 whatever the input dtype; the gradient has the input's dtype.
+
+On CPU, where a whole-row torch.topk dominated the time, the candidates come from a block pre-filter
+(_top_values: the top blocks by maximum, then a top-k over them) and the logsumexp from one pass through a
+cache-sized scratch (_logsumexp_rows). Both give torch.topk's and torch.logsumexp's values bit for bit; where
+equal logits straddle the kept set's edge, the row is redone with torch.topk so that the gradient reaches
+the same tied tokens. Values and gradients are therefore exactly those of the plain torch.topk path, which
+other devices keep.
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ DEFAULT_MAX_CANDIDATES = 256  # the authors' hard-coded cap on the TRE-P candida
 # Elements of fp32 scratch allowed per block when a mode must touch the whole vocabulary (logsumexp for
 # TRE-P's mass, full entropy, K == 1). Bounds the transient memory of an unchunked call as well.
 _BLOCK_ELEMS = 1 << 22
+# Elements per row group of the CPU selection and logsumexp: small enough that a group read from memory for
+# the block maxima is still in cache for the gather, the exp and the sum.
+_CACHE_ELEMS = 1 << 20
+# Entries per block whose maxima pre-filter the top-k selection (_top_values); 16 measured fastest at V = 151936.
+_SELECT_BLOCK = 16
 
 
 def _validate(logits: torch.Tensor, top_k, top_p, max_candidates, chunk_size) -> None:
@@ -94,17 +106,111 @@ def _neg_log_pmax_grad_rows(z: torch.Tensor) -> torch.Tensor:
     return p.scatter_add(-1, z.argmax(-1, keepdim=True), torch.full((z.shape[0], 1), -1.0, dtype=z.dtype, device=z.device))
 
 
-def _candidate_terms(x: torch.Tensor, mode: str, top_k, top_p, max_candidates: int, need_grad: bool):
-    """For TRE-K/TRE-P rows x: (entropy, candidate indices, d entropy / d candidate logit or None)."""
+def _shifted_exp_sum(x: torch.Tensor, shift: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """sum(exp(x.float() - shift), -1) for a few rows x, as torch.logsumexp computes it; scratch: (>= 2, V) fp32."""
+    k = x.shape[0]
+    buf = scratch[:k]
+    if x.dtype == torch.float32:
+        torch.sub(x, shift, out=buf)
+    else:
+        buf.copy_(x).sub_(shift)
+    buf.exp_()
+    # never a one-row sum: that one is split across threads and rounds differently from a row of a batch
+    return scratch[: max(k, 2)].sum(-1)[:k]
+
+
+def _lse_shift(row_max: torch.Tensor) -> torch.Tensor:
+    """The shift torch.logsumexp subtracts: the row maximum, 0 where it is infinite."""
+    return row_max.float().masked_fill(row_max.abs() == math.inf, 0.0).unsqueeze(-1)
+
+
+def _group_rows(vocab: int) -> int:
+    """Rows per cache-sized group (at least 2, see _shifted_exp_sum)."""
+    return max(2, _CACHE_ELEMS // vocab)
+
+
+def _logsumexp_rows(x: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+    """torch.logsumexp(x.float(), -1) bit for bit, given each row's maximum, through a cache-sized fp32 scratch."""
+    rows, vocab = x.shape
+    group = _group_rows(vocab)
+    shift = _lse_shift(row_max)
+    scratch = torch.zeros(min(group, max(rows, 2)), vocab, dtype=torch.float32, device=x.device)
+    total = torch.empty(rows, dtype=torch.float32, device=x.device)
+    for s in range(0, rows, group):
+        total[s : s + group] = _shifted_exp_sum(x[s : s + group], shift[s : s + group], scratch)
+    return total.log_().add_(shift.squeeze(-1))
+
+
+def _prefilter_applies(vocab: int, m: int) -> bool:
+    """Whether the block pre-filter of _top_values pays off: the m + 1 gathered blocks are a small part of the row."""
+    return (m + 1) * _SELECT_BLOCK * 4 <= vocab
+
+
+def _top_values(x: torch.Tensor, m: int, with_lse: bool = False):
+    """The m + 1 largest entries of rows x (r, V), sorted descending (values, indices of the first m, and
+    torch.logsumexp(x.float(), -1) when with_lse, else None).
+
+    Values equal torch.topk(x, m + 1)'s bit for bit. A row is cut into V // _SELECT_BLOCK strided blocks
+    (column c of the row viewed as _SELECT_BLOCK x V // _SELECT_BLOCK) plus a ragged tail; any entry outside the
+    m + 1 blocks with the largest maxima is matched or exceeded by those m + 1 maxima, so a top-k over the
+    gathered blocks and the tail stands for a top-k over the whole row. Only the order of equal values may
+    differ. Rows go in cache-sized groups so that the logsumexp reads them from cache, not memory, a second
+    time. Requires _prefilter_applies(V, m).
+    """
+    rows, vocab = x.shape
+    b = _SELECT_BLOCK
+    nb = vocab // b
+    width = b * (m + 1)
+    vals = torch.empty(rows, m + 1, dtype=x.dtype, device=x.device)
+    pos = torch.empty(rows, m + 1, dtype=torch.long, device=x.device)
+    chosen = torch.empty(rows, m + 1, dtype=torch.long, device=x.device)
+    group = _group_rows(vocab)
+    if with_lse:
+        total = torch.empty(rows, dtype=torch.float32, device=x.device)
+        scratch = torch.zeros(min(group, max(rows, 2)), vocab, dtype=torch.float32, device=x.device)
+    for s in range(0, rows, group):
+        xs = x[s : s + group]
+        blocks = xs[:, : nb * b].unflatten(1, (b, nb))  # strided blocks: their maxima are one vectorised pass
+        chosen[s : s + group] = torch.topk(blocks.amax(1), m + 1, dim=-1, sorted=False).indices
+        cand = blocks.gather(2, chosen[s : s + group].unsqueeze(1).expand(-1, b, -1)).flatten(1)  # (k, width)
+        if nb * b < vocab:
+            cand = torch.cat([cand, xs[:, nb * b :]], 1)
+        torch.topk(cand, m + 1, dim=-1, sorted=True, out=(vals[s : s + group], pos[s : s + group]))
+        if with_lse:
+            total[s : s + group] = _shifted_exp_sum(xs, _lse_shift(vals[s : s + group, 0]), scratch)
+    p = pos[:, :m]
+    idx = (p // (m + 1)).clamp(max=b - 1) * nb + chosen.gather(1, p % (m + 1))
+    if nb * b < vocab:
+        idx = torch.where(p < width, idx, p - width + nb * b)
+    lse = total.log_().add_(_lse_shift(vals[:, 0]).squeeze(-1)) if with_lse else None
+    return vals, idx, lse
+
+
+def _largest(x: torch.Tensor, m: int) -> torch.Tensor:
+    """torch.topk(x, m, sorted=True).values of rows x (r, V), through the block pre-filter where it applies."""
+    if not (x.is_cpu and _prefilter_applies(x.shape[-1], m)):
+        return torch.topk(x, m, dim=-1, sorted=True).values
+    return _top_values(x, m)[0][:, :m]
+
+
+def _group_terms(x: torch.Tensor, mode: str, top_k, top_p, m: int, need_grad: bool, plain: bool):
+    """_candidate_terms on one row group; `plain` selects with torch.topk over the whole rows."""
     vocab = x.shape[-1]
     log_v = math.log(vocab)
-    vals, idx = torch.topk(x, top_k if mode == "k" else min(max_candidates, vocab), dim=-1, sorted=True)
+    if plain:
+        vals, idx = torch.topk(x, m, dim=-1, sorted=True)
+        ext = lse = None
+    else:
+        ext, idx, lse = _top_values(x, m, with_lse=mode == "p")
+        vals = ext[:, :m]
     z = vals.float()
     if mode == "k":
         h, q, log_q = _restricted_entropy(z)
         scale = torch.full_like(h, log_v / math.log(top_k))
+        count = None
     else:
-        lse = _blockwise(x, lambda r: torch.logsumexp(r, -1))
+        if lse is None:
+            lse = _logsumexp_rows(x, z[:, 0]) if x.is_cpu else _blockwise(x, lambda r: torch.logsumexp(r, -1))
         probs = torch.exp(z - lse.unsqueeze(-1))
         keep = (torch.cumsum(probs, -1) - probs) < top_p  # exclusive cumulative mass, sorted descending
         keep[:, 0] = True
@@ -112,7 +218,38 @@ def _candidate_terms(x: torch.Tensor, mode: str, top_k, top_p, max_candidates: i
         h, q, log_q = _restricted_entropy(z, keep)
         scale = torch.where(count >= 2, log_v / torch.log(count.clamp(min=2).float()), torch.zeros_like(h))
     dz = -q * (log_q + h.unsqueeze(-1)) * scale.unsqueeze(-1) if need_grad else None
-    return h * scale, idx, dz
+    h = h * scale
+    if need_grad and ext is not None:
+        # Which of several equal logits is a candidate only matters where equal values straddle the kept set's
+        # edge (and for non-finite rows): redo those rows with torch.topk so gradients keep its tie order.
+        edge = torch.full_like(h, m, dtype=torch.long) if count is None else count
+        redo = (ext.gather(1, (edge - 1).unsqueeze(-1)) == ext.gather(1, edge.unsqueeze(-1))).squeeze(-1)
+        redo |= ~torch.isfinite(ext[:, 0])
+        if redo.any():
+            r = redo.nonzero().squeeze(-1)
+            h[r], idx[r], dz[r] = _group_terms(x[r], mode, top_k, top_p, m, need_grad, plain=True)
+    return h, idx, dz
+
+
+def _candidate_terms(x: torch.Tensor, mode: str, top_k, top_p, max_candidates: int, need_grad: bool):
+    """For TRE-K/TRE-P rows x: (entropy, candidate indices, d entropy / d candidate logit or None)."""
+    rows, vocab = x.shape
+    m = top_k if mode == "k" else min(max_candidates, vocab)
+    if not x.is_cpu:  # the pre-filter and the row groups are tuned on CPU; elsewhere one torch.topk per chunk
+        return _group_terms(x, mode, top_k, top_p, m, need_grad, plain=True)
+    plain = not _prefilter_applies(vocab, m)
+    step = max(1, _BLOCK_ELEMS // vocab)
+    if rows <= step:
+        return _group_terms(x, mode, top_k, top_p, m, need_grad, plain)
+    h = torch.empty(rows, dtype=torch.float32, device=x.device)
+    idx = torch.empty(rows, m, dtype=torch.long, device=x.device)
+    dz = torch.empty(rows, m, dtype=torch.float32, device=x.device) if need_grad else None
+    for s in range(0, rows, step):
+        gh, gi, gd = _group_terms(x[s : s + step], mode, top_k, top_p, m, need_grad, plain)
+        h[s : s + step], idx[s : s + step] = gh, gi
+        if need_grad:
+            dz[s : s + step] = gd
+    return h, idx, dz
 
 
 class _TRE(torch.autograd.Function):
@@ -203,8 +340,8 @@ def trust_region_stats(
     vocab = logits.shape[-1]
     log_v = math.log(vocab)
     m_p = min(max_candidates, vocab)
-    z = torch.topk(logits, max(m_p, top_k), dim=-1, sorted=True).values.float()
-    lse = _blockwise(logits, lambda r: torch.logsumexp(r, -1))
+    z = _largest(logits, max(m_p, top_k)).float()
+    lse = _logsumexp_rows(logits, z[:, 0]) if logits.is_cpu else _blockwise(logits, lambda r: torch.logsumexp(r, -1))
     probs = torch.exp(z - lse.unsqueeze(-1))
     keep = (torch.cumsum(probs[:, :m_p], -1) - probs[:, :m_p]) < top_p
     keep[:, 0] = True
