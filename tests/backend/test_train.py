@@ -41,7 +41,7 @@ def _cmd(method: str, run_dir: Path, model: Path, data: Path, *extra: str) -> li
 
 
 def _env(mark: str) -> dict[str, str]:
-    return {**os.environ, "TRE_TEST_MARK": mark}
+    return {**os.environ, "TRE_TEST_MARK": mark, "PYTHONUNBUFFERED": "1"}  # the tests watch the logs as they grow
 
 
 def _marked_ray_processes(mark: str) -> list[str]:
@@ -131,7 +131,7 @@ def _killed_preempted_resumed(run_dir: Path, model: Path, data: Path) -> dict:
     out["rc_resumed"], out["log_resumed"] = again.returncode, again.stdout + again.stderr
     out["summary"] = json.loads((run_dir / "summary.json").read_text())
     out["launches"] = rundir.read_launches(run_dir)
-    out["final_checkpoint"] = _digests(run_dir / "checkpoints" / "global_step_2")
+    out["final_checkpoint"] = _checkpoint_contents(run_dir / "checkpoints" / "global_step_2")
 
     (run_dir / "summary.json").unlink()
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=_env(mark), timeout=600)
@@ -140,9 +140,34 @@ def _killed_preempted_resumed(run_dir: Path, model: Path, data: Path) -> dict:
     return out
 
 
-def _digests(folder: Path) -> dict[str, str]:
-    """sha256 of every file under folder, by relative path."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+def _checkpoint_contents(folder: Path) -> dict[str, object]:
+    """Every file under a checkpoint folder by relative path: the .pt files as their loaded values (tensors as bytes;
+    FSDP's pickled device mesh differs between processes), the others as sha256 of their bytes."""
+    import torch
+
+    def flat(value, key: str):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from flat(v, f"{key}/{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                yield from flat(v, f"{key}[{i}]")
+        else:
+            value = value.to_local() if hasattr(value, "to_local") else value
+            if isinstance(value, torch.Tensor):
+                value = (str(value.dtype), tuple(value.shape), value.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            elif hasattr(value, "tobytes"):
+                value = value.tobytes()
+            yield key, value
+
+    out: dict[str, object] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = str(path.relative_to(folder))
+        if path.suffix == ".pt":
+            out.update(flat(torch.load(path, weights_only=False, map_location="cpu"), name))
+        else:
+            out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +310,9 @@ def test_killed_and_preempted_run_resumes_bit_identical(resume_runs):
     for a, b in zip(ref, got):
         assert {k for k in a if not k.startswith(CLOCK)} == {k for k in b if not k.startswith(CLOCK)}
         assert {k: v for k, v in b.items() if not k.startswith(CLOCK) and a[k] != v} == {}, f"step {a['step']}"
-    assert r["final_checkpoint"] == _digests(ref_dir / "checkpoints" / "global_step_2")  # weights, optimizers, RNG, data
+    want = _checkpoint_contents(ref_dir / "checkpoints" / "global_step_2")  # weights, optimizers, every RNG, data order
+    assert r["final_checkpoint"].keys() == want.keys()
+    assert [k for k in want if r["final_checkpoint"][k] != want[k]] == []
 
 
 def test_every_launch_is_recorded_the_killed_one_too(resume_runs):

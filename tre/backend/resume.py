@@ -7,13 +7,12 @@ state and the training dataloader, but on its own a resumed run drifts from the 
      Skipped on resume: that validation already ran and was logged in the first leg (metrics.jsonl keeps it).
   2. The validation dataloader shuffles with its own generator, which `_save_checkpoint` does not save, so the
      resumed run's validations would see the test set in another order (another draw per prompt). Saved with the
-     checkpoint (together with the TaskRunner's torch, NumPy and Python generators) and restored on load.
+     checkpoint (together with the TaskRunner's torch, NumPy and Python generators) and restored on resume.
   3. Resuming from the final checkpoint would train step N+1 (fit() always trains once more after loading).
      Nothing is trained then; the run's metrics are already complete.
 install_resume_hook() wraps `_save_checkpoint` and `_load_checkpoint` in the TaskRunner (Ray's setup hook) and copies
-no verl code. Known remainder: the training dataloader draws one number from the TaskRunner's global torch generator
-when its iterator is made after the restore; nothing of a run's numbers reads that generator (the dataloader's
-base seed itself comes back from its saved state).
+no verl code. The TaskRunner's generators are set back when the training dataloader has made its iterator after the
+restore: making one draws a number from the global torch generator, which the uninterrupted run drew before step 1.
 """
 
 from __future__ import annotations
@@ -51,6 +50,21 @@ def restore_driver_rng_state(trainer, state: dict[str, Any]) -> None:
         generator.set_state(state["val_sampler"])
 
 
+def restore_after_next_iter(trainer, state: dict[str, Any]) -> None:
+    """restore_driver_rng_state once the training dataloader's next iterator exists (fit() makes it after loading)."""
+    loader = trainer.train_dataloader
+    base = type(loader)
+
+    class RestoringLoader(base):  # one-shot: the instance gets its own class back on first use
+        def __iter__(self):
+            iterator = base.__iter__(self)
+            self.__class__ = base
+            restore_driver_rng_state(trainer, state)
+            return iterator
+
+    loader.__class__ = RestoringLoader
+
+
 def _step_folder(trainer) -> str:
     folder = trainer.config.trainer.default_local_dir
     return os.path.join(folder if os.path.isabs(folder) else os.path.join(os.getcwd(), folder), f"global_step_{trainer.global_steps}")
@@ -81,7 +95,7 @@ def install_resume_hook() -> None:
             return result
         path = os.path.join(_step_folder(self), DRIVER_STATE)
         if os.path.exists(path):
-            restore_driver_rng_state(self, torch.load(path, weights_only=False))
+            restore_after_next_iter(self, torch.load(path, weights_only=False))
         else:
             print(f"Warning: no {DRIVER_STATE} in the checkpoint (made by another version); validation order may differ")
         with open_dict(self.config):
