@@ -114,7 +114,9 @@ def _killed_preempted_resumed(run_dir: Path, model: Path, data: Path) -> dict:
     out["alive_at_kill"] = _wait_for(proc, lambda: marker.exists() and marker.read_text().strip() == "1")
     os.killpg(proc.pid, signal.SIGKILL)  # a node failure, an OOM kill: no handler runs
     proc.wait()
-    out["stray_after_kill"] = _wait_gone(mark, timeout=20)
+    # Ray's workers lead process groups of their own, so the kill never reached them; left alone, they lingered
+    # (verl's TaskRunner for a while after the driver had died). Each now follows its raylet within a second.
+    out["stray_after_kill"] = _wait_gone(mark, timeout=5)
     out["steps_after_kill"] = [r["step"] for r in rundir.read_metrics(run_dir / "metrics.jsonl")]
 
     mark = uuid.uuid4().hex
@@ -131,6 +133,7 @@ def _killed_preempted_resumed(run_dir: Path, model: Path, data: Path) -> dict:
     out["rc_resumed"], out["log_resumed"] = again.returncode, again.stdout + again.stderr
     out["summary"] = json.loads((run_dir / "summary.json").read_text())
     out["launches"] = rundir.read_launches(run_dir)
+    out["metrics"] = rundir.read_metrics(run_dir / "metrics.jsonl")
     out["final_checkpoint"] = _checkpoint_contents(run_dir / "checkpoints" / "global_step_2")
 
     (run_dir / "summary.json").unlink()
@@ -289,7 +292,7 @@ def test_sigkill_leaves_no_worker_behind(resume_runs):
     r, _ = resume_runs["chain"]
     assert r["alive_at_kill"], "run ended before it could be killed"
     assert r["steps_after_kill"][:2] == [0, 1]
-    assert r["stray_after_kill"] == []  # Ray's workers lead process groups of their own: the kill never reached them
+    assert r["stray_after_kill"] == []
 
 
 def test_sigterm_stops_cleanly_and_leaves_nothing_behind(resume_runs):
@@ -302,10 +305,10 @@ def test_sigterm_stops_cleanly_and_leaves_nothing_behind(resume_runs):
 def test_killed_and_preempted_run_resumes_bit_identical(resume_runs):
     rc, ref_dir, log, _ = resume_runs["ppo"]
     assert rc == 0, log[-3000:]
-    r, run_dir = resume_runs["chain"]
+    r, _ = resume_runs["chain"]
     assert r["rc_resumed"] == 0, r["log_resumed"][-3000:]
     assert "resuming from checkpoint step 1" in r["log_resumed"]
-    ref, got = rundir.read_metrics(ref_dir / "metrics.jsonl"), rundir.read_metrics(run_dir / "metrics.jsonl")
+    ref, got = rundir.read_metrics(ref_dir / "metrics.jsonl"), r["metrics"]
     assert [row["step"] for row in got] == [row["step"] for row in ref] == [0, 1, 2]
     for a, b in zip(ref, got):
         assert {k for k in a if not k.startswith(CLOCK)} == {k for k in b if not k.startswith(CLOCK)}
