@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 
 import numpy as np
 
@@ -99,10 +101,34 @@ def test_config_record_holds_the_entropy_coefficient_verl_applied():
 
 def test_launches_sum_their_wall_times_and_skip_a_torn_line(tmp_path):
     assert rundir.total_wall_time(tmp_path) == 0.0
-    rundir.record_launch(tmp_path, start_step=0, wall_time_s=10.25, status="interrupted")
+    first = rundir.start_launch(tmp_path, start_step=0, now=1000.0)
+    rundir.end_launch(tmp_path, first, status="interrupted", now=1010.25)
     with open(tmp_path / rundir.LAUNCHES, "a") as f:
         f.write('{"wall_time_s": 99\n')  # a driver killed mid-write
-    rundir.record_launch(tmp_path, start_step=4, wall_time_s=5.5, status="completed")
-    lines = [json.loads(x) for x in (tmp_path / rundir.LAUNCHES).read_text().splitlines() if x.endswith("}")]
-    assert [(x["start_step"], x["status"]) for x in lines] == [(0, "interrupted"), (4, "completed")]
+    second = rundir.start_launch(tmp_path, start_step=4, now=2000.0)
+    rundir.end_launch(tmp_path, second, status="completed", now=2005.5)
+    launches = rundir.read_launches(tmp_path)
+    assert [(x["start_step"], x["status"], x["wall_time_s"]) for x in launches] == [(0, "interrupted", 10.25), (4, "completed", 5.5)]
     assert rundir.total_wall_time(tmp_path) == 15.75
+
+
+def test_a_killed_launch_is_recorded_with_its_time_up_to_its_last_sign_of_life(tmp_path):
+    killed = rundir.start_launch(tmp_path, start_step=0, now=time.time() - 100)  # SIGKILL: no end line
+    (tmp_path / rundir.METRICS).write_text('{"step": 0}\n')
+    os.utime(tmp_path / rundir.METRICS, (killed["started_s"] + 40, killed["started_s"] + 40))  # its last metrics line
+    os.utime(tmp_path / rundir.LAUNCHES, (killed["started_s"] + 42, killed["started_s"] + 42))  # its last heartbeat
+    assert [(x["status"], x["wall_time_s"]) for x in rundir.read_launches(tmp_path)] == [("running", 42.0)]
+    rerun = rundir.start_launch(tmp_path, start_step=0)
+    rundir.end_launch(tmp_path, rerun, status="completed", now=rerun["started_s"] + 7)
+    launches = rundir.read_launches(tmp_path)
+    assert [(x["launch"], x["status"], x["wall_time_s"], x.get("estimated")) for x in launches] == \
+        [(killed["launch"], "killed", 42.0, True), (rerun["launch"], "completed", 7.0, None)]
+    assert rundir.total_wall_time(tmp_path) == 49.0
+
+
+def test_launch_lines_of_the_older_format_still_count(tmp_path):
+    (tmp_path / rundir.LAUNCHES).write_text('{"finished": "2026-01-01T00:00:00+00:00", "start_step": 0, "wall_time_s": 3.5, '
+                                            '"status": "interrupted"}\n')
+    launch = rundir.start_launch(tmp_path, start_step=2, now=50.0)
+    rundir.end_launch(tmp_path, launch, status="completed", now=51.0)
+    assert [(x["status"], x["wall_time_s"]) for x in rundir.read_launches(tmp_path)] == [("interrupted", 3.5), ("completed", 1.0)]

@@ -1,6 +1,8 @@
 """Real verl 0.4.1 PPO runs on CPU through `python -m tre.backend train`, one per paper method, on the tiny model and
 Countdown (the real evaluation.tasks reward): run directory, metric names, finite losses, TRE/forking effects,
-a loadable HF checkpoint, resume after Ctrl-C without duplicated metric lines, and no stray Ray processes."""
+a loadable HF checkpoint, resume after Ctrl-C without duplicated metric lines, no stray Ray processes, and a run
+SIGKILLed, then preempted with SIGTERM (as the launcher and Slurm do), then resumed, that ends bit-identical to the
+uninterrupted run."""
 
 from __future__ import annotations
 
@@ -15,12 +17,19 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import hashlib
+
 import pytest
+
+from tre.backend import rundir
+from workflow.launcher import terminate_group
 
 pytestmark = pytest.mark.slow
 
 PYTHON = sys.executable
-METHODS = ("ppo", "entropy", "kl_cov", "tre_k", "tre_p")  # forking_tokens runs in the resume test below
+METHODS = ("ppo", "entropy", "kl_cov", "tre_k", "tre_p")  # forking_tokens runs in the Ctrl-C test below
+PPO_REFERENCE = ("trainer.total_training_steps=2", "trainer.save_freq=1")  # ppo's run, also the uninterrupted reference
+CLOCK = ("timing_s/", "timing_per_token_ms/", "perf/")  # wall-clock and memory readings: the only metrics allowed to differ
 SHORT = ["data.max_response_length=16", "trainer.test_freq=2"]
 DIAG = ("actor/top1_prob_sum", "actor/tre_k_entropy", "actor/tre_p_entropy", "actor/tre_p_size", "actor/tail_mass_k", "actor/tail_mass_p")
 VAL = "val-core/countdown/reward/mean@1"
@@ -32,7 +41,7 @@ def _cmd(method: str, run_dir: Path, model: Path, data: Path, *extra: str) -> li
 
 
 def _env(mark: str) -> dict[str, str]:
-    return {**os.environ, "TRE_TEST_MARK": mark}
+    return {**os.environ, "TRE_TEST_MARK": mark, "PYTHONUNBUFFERED": "1"}  # the tests watch the logs as they grow
 
 
 def _marked_ray_processes(mark: str) -> list[str]:
@@ -77,9 +86,115 @@ def _interrupt_then_resume(run_dir: Path, model: Path, data: Path, mark: str) ->
     return result
 
 
+def _start(cmd: list[str], log: Path, mark: str) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True, env=_env(mark), start_new_session=True)
+
+
+def _wait_for(proc: subprocess.Popen, ready, timeout: float = 600) -> bool:
+    """Poll until ready() or the process ends; whether it is still alive."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.2)
+    return proc.poll() is None
+
+
+def _tmp_ray_dirs() -> set[str]:
+    return {p.name for p in Path("/tmp").glob("tre_ray_*")}
+
+
+def _killed_preempted_resumed(run_dir: Path, model: Path, data: Path) -> dict:
+    """ppo as the reference, but: SIGKILL to the process group once the step-1 checkpoint exists; rerun; SIGTERM to
+    the process group (the launcher's terminate_group) once it has restored that checkpoint; rerun to the end;
+    then, with summary.json removed, rerun once more."""
+    cmd = _cmd("ppo", run_dir, model, data, *PPO_REFERENCE)
+    marker = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
+    out: dict = {}
+    mark = uuid.uuid4().hex
+    proc = _start(cmd, run_dir.parent / "leg1.log", mark)
+    out["alive_at_kill"] = _wait_for(proc, lambda: marker.exists() and marker.read_text().strip() == "1")
+    os.killpg(proc.pid, signal.SIGKILL)  # a node failure, an OOM kill: no handler runs
+    proc.wait()
+    # Ray's workers lead process groups of their own, so the kill never reached them; left alone, they lingered
+    # (verl's TaskRunner for a while after the driver had died). Each now follows its raylet within a second.
+    out["stray_after_kill"] = _wait_gone(mark, timeout=5)
+    out["steps_after_kill"] = [r["step"] for r in rundir.read_metrics(run_dir / "metrics.jsonl")]
+
+    mark = uuid.uuid4().hex
+    before = _tmp_ray_dirs()
+    log2 = run_dir.parent / "leg2.log"
+    proc = _start(cmd, log2, mark)
+    out["alive_at_term"] = _wait_for(proc, lambda: "Resuming from" in log2.read_text())
+    out["rc_term"] = terminate_group(proc, grace_s=120)
+    out["log_term"] = log2.read_text()
+    out["stray_after_term"] = _wait_gone(mark, timeout=20)
+    out["ray_dirs_left"] = sorted(_tmp_ray_dirs() - before)
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(mark), timeout=600)
+    out["rc_resumed"], out["log_resumed"] = again.returncode, again.stdout + again.stderr
+    out["summary"] = json.loads((run_dir / "summary.json").read_text())
+    out["launches"] = rundir.read_launches(run_dir)
+    out["metrics"] = rundir.read_metrics(run_dir / "metrics.jsonl")
+    out["final_checkpoint"] = _checkpoint_contents(run_dir / "checkpoints" / "global_step_2")
+
+    (run_dir / "summary.json").unlink()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=_env(mark), timeout=600)
+    out["rc_rerun"], out["log_rerun"] = rerun.returncode, rerun.stdout + rerun.stderr
+    out["stray_at_end"] = _wait_gone(mark)
+    return out
+
+
+def _checkpoint_contents(folder: Path) -> dict[str, object]:
+    """Every file under a checkpoint folder by relative path: the .pt files as their loaded values (tensors as bytes;
+    FSDP's pickled device mesh differs between processes), the others as sha256 of their bytes."""
+    import torch
+
+    def flat(value, key: str):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from flat(v, f"{key}/{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                yield from flat(v, f"{key}[{i}]")
+        else:
+            value = value.to_local() if hasattr(value, "to_local") else value
+            if isinstance(value, torch.Tensor):
+                value = (str(value.dtype), tuple(value.shape), value.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            elif hasattr(value, "tobytes"):
+                value = value.tobytes()
+            yield key, value
+
+    out: dict[str, object] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = str(path.relative_to(folder))
+        if path.suffix == ".pt":
+            out.update(flat(torch.load(path, weights_only=False, map_location="cpu"), name))
+        else:
+            out[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
 @pytest.fixture(scope="module")
-def method_runs(tiny_model, countdown_data, tmp_path_factory):
-    """One 2-step run per method plus the interrupted-and-resumed forking run, two at a time."""
+def resume_runs(tiny_model, countdown_data, tmp_path_factory):
+    """The uninterrupted ppo run next to the same run killed, preempted and resumed (both start together)."""
+    root = tmp_path_factory.mktemp("resume")
+    (root / "chain").mkdir()
+    mark = uuid.uuid4().hex
+
+    def reference():
+        t0 = time.time()
+        proc = subprocess.run(_cmd("ppo", root / "ppo", tiny_model, countdown_data, *PPO_REFERENCE), capture_output=True,
+                              text=True, env=_env(mark), timeout=600)
+        return proc.returncode, root / "ppo", proc.stdout + proc.stderr, time.time() - t0
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ref = pool.submit(reference)
+        chain = pool.submit(_killed_preempted_resumed, root / "chain" / "ppo", tiny_model, countdown_data)
+        return {"ppo": ref.result(), "chain": (chain.result(), root / "chain" / "ppo")}
+
+
+@pytest.fixture(scope="module")
+def method_runs(resume_runs, tiny_model, countdown_data, tmp_path_factory):
+    """One 2-step run per method (ppo's is the resume reference) plus the interrupted-and-resumed forking run."""
     root = tmp_path_factory.mktemp("runs")
     mark = uuid.uuid4().hex
 
@@ -93,7 +208,8 @@ def method_runs(tiny_model, countdown_data, tmp_path_factory):
         return method, (proc.returncode, run_dir, proc.stdout + proc.stderr, time.time() - t0)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(pool.map(run, ("forking_tokens", *METHODS)))  # the longest job first
+        results = dict(pool.map(run, ("forking_tokens", *[m for m in METHODS if m != "ppo"])))  # the longest job first
+    results["ppo"] = resume_runs["ppo"]
     results["_stray"] = _wait_gone(mark)
     return results
 
@@ -157,7 +273,7 @@ def test_ctrl_c_then_resume_continues_from_the_checkpoint(method_runs):
     assert [row["step"] for row in rows] == [0, 1, 2], r["steps_after_kill"]  # every step exactly once
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["launches"] == 2
-    launches = [json.loads(line) for line in (run_dir / "launches.jsonl").read_text().splitlines()]
+    launches = rundir.read_launches(run_dir)
     assert [x["status"] for x in launches] == ["interrupted", "completed"] and launches[1]["start_step"] >= 1
     assert summary["wall_time_s"] == round(sum(x["wall_time_s"] for x in launches), 3)  # both legs counted
     for row in rows[1:]:
@@ -170,3 +286,55 @@ def test_completed_run_is_not_rerun(method_runs, tiny_model, countdown_data):
     run_dir = method_runs["ppo"][1]
     proc = subprocess.run(_cmd("ppo", run_dir, tiny_model, countdown_data), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "already completed" in proc.stdout
+
+
+def test_sigkill_leaves_no_worker_behind(resume_runs):
+    r, _ = resume_runs["chain"]
+    assert r["alive_at_kill"], "run ended before it could be killed"
+    assert r["steps_after_kill"][:2] == [0, 1]
+    assert r["stray_after_kill"] == []
+
+
+def test_sigterm_stops_cleanly_and_leaves_nothing_behind(resume_runs):
+    r, _ = resume_runs["chain"]
+    assert r["alive_at_term"], "run ended before it could be preempted"
+    assert r["rc_term"] == 143 and "interrupted (SIGTERM)" in r["log_term"], r["log_term"][-3000:]
+    assert r["stray_after_term"] == [] and r["ray_dirs_left"] == []
+
+
+def test_killed_and_preempted_run_resumes_bit_identical(resume_runs):
+    rc, ref_dir, log, _ = resume_runs["ppo"]
+    assert rc == 0, log[-3000:]
+    r, _ = resume_runs["chain"]
+    assert r["rc_resumed"] == 0, r["log_resumed"][-3000:]
+    assert "resuming from checkpoint step 1" in r["log_resumed"]
+    ref, got = rundir.read_metrics(ref_dir / "metrics.jsonl"), r["metrics"]
+    assert [row["step"] for row in got] == [row["step"] for row in ref] == [0, 1, 2]
+    for a, b in zip(ref, got):
+        assert {k for k in a if not k.startswith(CLOCK)} == {k for k in b if not k.startswith(CLOCK)}
+        assert {k: v for k, v in b.items() if not k.startswith(CLOCK) and a[k] != v} == {}, f"step {a['step']}"
+    want = _checkpoint_contents(ref_dir / "checkpoints" / "global_step_2")  # weights, optimizers, every RNG, data order
+    assert r["final_checkpoint"].keys() == want.keys()
+    assert [k for k in want if r["final_checkpoint"][k] != want[k]] == []
+
+
+def test_every_launch_is_recorded_the_killed_one_too(resume_runs):
+    r, _ = resume_runs["chain"]
+    launches = r["launches"]
+    assert [(x["status"], x["start_step"]) for x in launches] == [("killed", 0), ("interrupted", 1), ("completed", 1)]
+    assert launches[0]["estimated"] and launches[0]["wall_time_s"] > 0
+    assert r["summary"]["launches"] == 3
+    assert r["summary"]["wall_time_s"] == round(sum(x["wall_time_s"] for x in launches), 3)
+
+
+def test_rerun_after_the_final_checkpoint_trains_no_extra_step(resume_runs):
+    r, run_dir = resume_runs["chain"]
+    assert r["rc_rerun"] == 0, r["log_rerun"][-3000:]
+    assert "resuming from checkpoint step 2" in r["log_rerun"]
+    assert [row["step"] for row in rundir.read_metrics(run_dir / "metrics.jsonl")] == [0, 1, 2]
+    assert not (run_dir / "checkpoints" / "global_step_3").exists()
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {k: v for k, v in summary.items() if k not in ("wall_time_s", "launches")} == \
+        {k: v for k, v in r["summary"].items() if k not in ("wall_time_s", "launches")}
+    assert summary["launches"] == 4 and r["stray_at_end"] == []

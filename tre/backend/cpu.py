@@ -20,6 +20,8 @@ import resource
 import shutil
 import signal
 import tempfile
+import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
@@ -228,14 +230,38 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def exit_with_parent(poll_s: float = 1.0) -> threading.Thread:
+    """Kill this process (and the process group it leads) once its parent is gone.
+
+    Ray starts each worker in a process group of its own, so a signal to the driver's group never reaches it, and a
+    worker blocked in a call to another actor does not notice that its raylet died with the driver: after a SIGKILL of
+    the driver, the TaskRunner went on training. The raylet is the worker's parent (and dies with the driver through
+    Ray's fate sharing), so a changed parent pid means the run is over."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        if os.getpgid(0) == os.getpid():  # this worker leads its group: take its own children (dataloader workers) along
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="tre-exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 def worker_setup() -> None:
-    """Ray worker_process_setup_hook: CPU shims, seeding, and the metrics.jsonl sink for verl's Tracking."""
+    """Ray worker_process_setup_hook: exit with the raylet, CPU shims, seeding, exact resume, the metrics.jsonl sink."""
+    from tre.backend.resume import install_resume_hook
     from tre.backend.rundir import RUN_DIR_ENV, install_tracking_hook
 
+    exit_with_parent()
     apply_compat_shims()
     apply_cpu_shims()
     if os.environ.get(SEED_ENV):
         seed_everything(int(os.environ[SEED_ENV]))
+    install_resume_hook()
     if os.environ.get(RUN_DIR_ENV):
         install_tracking_hook(os.environ[RUN_DIR_ENV])
 
@@ -286,6 +312,10 @@ def ray_session(*, env: dict[str, str], num_cpus: Optional[int] = None, num_gpus
             # No idle pre-started workers: each would import torch+verl through the setup hook for nothing.
             ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir,
                      _system_config={"enable_worker_prestart": False, "prestart_worker_first_driver": False}, **init_kwargs)
+        # ray.init installs its own SIGTERM handlers (sys.exit in the driver, then its node's process teardown), which
+        # left the driver aborting (exit 134) with no record written and its temp dir behind: ours goes back on top.
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, on_signal)
         yield session
     finally:
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import time
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,6 +11,7 @@ from tre.backend import rundir
 from tre.backend.profiles import RunSpec, SpecError, default_run_dir, overrides, split_override, validate, verl_config_dir
 
 EXIT_INTERRUPTED = {2: 130, 15: 143}  # SIGINT, SIGTERM -> the shell's 128 + signum
+HEARTBEAT_S = 10.0
 
 
 def compose(items: list[str]):
@@ -127,6 +128,7 @@ def train(spec: RunSpec, *, log=print) -> int:
         return 0
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     start = resume_step(resolved)
+    launch = rundir.start_launch(run_dir, start_step=start)  # before anything rewrites metrics.jsonl (a killed leg's clock)
     dropped = rundir.truncate_metrics(Path(run_dir) / rundir.METRICS, start if start else -1)  # fresh: nothing kept
     if start:
         log(f"resuming from checkpoint step {start} (dropped {dropped} metric lines past it)")
@@ -134,9 +136,11 @@ def train(spec: RunSpec, *, log=print) -> int:
 
     from tre.backend.cpu import ray_session
 
-    t0 = time.time()
     session = None
     status = "failed"
+    beating = threading.Event()
+    pulse = threading.Thread(target=_heartbeat, args=(run_dir, beating), daemon=True)
+    pulse.start()
     try:
         with ray_session(env=worker_env(run_dir, spec)) as session:
             from verl.trainer.main_ppo import run_ppo
@@ -147,9 +151,9 @@ def train(spec: RunSpec, *, log=print) -> int:
         if session is None or session.signum is None:
             raise
     finally:
+        beating.set()
         interrupted = session is not None and session.signum is not None
-        rundir.record_launch(run_dir, start_step=start, wall_time_s=time.time() - t0,
-                             status="interrupted" if interrupted else status)
+        rundir.end_launch(run_dir, launch, status="interrupted" if interrupted else status)
     if interrupted:
         name = "SIGINT" if session.signum == 2 else "SIGTERM"
         log(f"interrupted ({name}); Ray shut down; rerun the same command to resume")
@@ -162,6 +166,12 @@ def train(spec: RunSpec, *, log=print) -> int:
     rundir.atomic_write_json(summary_path, summary)
     log(f"done: {summary_path}")
     return 0
+
+
+def _heartbeat(run_dir: str, stop: threading.Event) -> None:
+    """Touch launches.jsonl every HEARTBEAT_S until `stop`: a SIGKILLed launch's wall time is then known to that grain."""
+    while not stop.wait(HEARTBEAT_S):
+        rundir.heartbeat(run_dir)
 
 
 def task_val_metric(task: str) -> Optional[str]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
+import time
+import uuid
 from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +21,7 @@ from evaluation.files import atomic_write_json, atomic_write_text  # noqa: F401 
 
 RUN_DIR_ENV = "TRE_RUN_DIR"  # set for the Ray workers: where the TaskRunner's Tracking also writes metrics.jsonl
 CONFIG, METRICS, SUMMARY, CHECKPOINTS = "config.json", "metrics.jsonl", "summary.json", "checkpoints"
-LAUNCHES = "launches.jsonl"  # one line per launch of `train` (a resumed run has several): its wall time and end
+LAUNCHES = "launches.jsonl"  # per launch of `train` (a resumed run has several): a start line, then an end line
 VAL_PREFIX, VAL_SUFFIX = "val-core/", "/reward/mean@1"
 
 
@@ -93,22 +96,78 @@ def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
     return len(rows) - len(unique)
 
 
-def record_launch(run_dir: str | os.PathLike, *, start_step: int, wall_time_s: float, status: str) -> None:
-    """Append this launch's line to launches.jsonl (flushed: a killed driver loses at most its own line)."""
-    line = {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "start_step": start_step,
-            "wall_time_s": round(wall_time_s, 3), "status": status}
-    with open(Path(run_dir) / LAUNCHES, "a") as f:
-        f.write(json.dumps(line) + "\n")
+def _append_line(path: Path, record: Mapping[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
         f.flush()
 
 
-def read_launches(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The readable lines of launches.jsonl (a line torn by a killed driver is skipped)."""
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def last_sign_of_life(run_dir: str | os.PathLike) -> float:
+    """When the run last showed progress: launches.jsonl's mtime (the running launch's heartbeat) or metrics.jsonl's."""
+    return max(_mtime(Path(run_dir) / LAUNCHES), _mtime(Path(run_dir) / METRICS))
+
+
+def start_launch(run_dir: str | os.PathLike, *, start_step: int, now: Optional[float] = None) -> dict[str, Any]:
+    """Append this launch's start line; first close any earlier launch that never wrote its end line (it was killed).
+
+    A killed launch's wall time is estimated as its last sign of life (heartbeat or metrics line) minus its start,
+    so it is at most one heartbeat interval short; its end line says `"estimated": true`."""
     path = Path(run_dir) / LAUNCHES
-    out = []
-    for line in path.read_text().splitlines() if path.exists() else []:
+    last_alive = last_sign_of_life(run_dir)
+    for launch in read_launches(run_dir):
+        if launch["status"] == "running":
+            _append_line(path, {"launch": launch["launch"], "finished": _iso(last_alive), "status": "killed", "estimated": True,
+                                "wall_time_s": round(max(0.0, last_alive - launch["started_s"]), 3)})
+    now = time.time() if now is None else now
+    start = {"launch": uuid.uuid4().hex[:12], "started": _iso(now), "started_s": round(now, 3), "start_step": start_step,
+             "pid": os.getpid(), "host": socket.gethostname()}
+    _append_line(path, start)
+    return start
+
+
+def heartbeat(run_dir: str | os.PathLike) -> None:
+    """Mark the running launch alive now (launches.jsonl's mtime; nothing is written)."""
+    try:
+        os.utime(Path(run_dir) / LAUNCHES)
+    except FileNotFoundError:
+        pass
+
+
+def end_launch(run_dir: str | os.PathLike, launch: Mapping[str, Any], *, status: str, now: Optional[float] = None) -> None:
+    """Append the end line of a launch that start_launch began (flushed: a killed driver loses at most this line)."""
+    now = time.time() if now is None else now
+    _append_line(Path(run_dir) / LAUNCHES, {"launch": launch["launch"], "finished": _iso(now), "status": status,
+                                            "wall_time_s": round(now - launch["started_s"], 3)})
+
+
+def read_launches(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every launch of the run in start order, its start and end lines merged; a torn line is skipped.
+
+    A launch without an end line has status "running" (still going, or killed and not rerun yet) and a wall time up to
+    its last sign of life. Lines without a "launch" id (the older one-line-per-launch format) are whole launches."""
+    path = Path(run_dir) / LAUNCHES
+    launches: dict[str, dict[str, Any]] = {}
+    for n, line in enumerate(path.read_text().splitlines() if path.exists() else []):
         try:
-            launch = json.loads(line)
+            record = json.loads(line)
+            key = str(record.get("launch", f"line{n}"))
+        except (ValueError, AttributeError):
+            continue
+        launches.setdefault(key, {"launch": key}).update(record)
+    out = []
+    last_alive = last_sign_of_life(run_dir)
+    for launch in launches.values():
+        try:
+            if "wall_time_s" not in launch:
+                launch["status"] = "running"
+                launch["wall_time_s"] = max(0.0, last_alive - float(launch["started_s"]))
             launch["wall_time_s"] = float(launch["wall_time_s"])
         except (ValueError, KeyError, TypeError):
             continue
@@ -117,8 +176,12 @@ def read_launches(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def total_wall_time(run_dir: str | os.PathLike) -> float:
-    """Wall time summed over every recorded launch of the run."""
+    """Wall time summed over every launch of the run (a killed one's estimated; see start_launch)."""
     return round(sum(launch["wall_time_s"] for launch in read_launches(run_dir)), 3)
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
 def latest_checkpoint_step(checkpoint_dir: str | os.PathLike) -> int:
