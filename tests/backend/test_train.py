@@ -104,7 +104,7 @@ def _tmp_ray_dirs() -> set[str]:
 
 def _killed_preempted_resumed(run_dir: Path, model: Path, data: Path) -> dict:
     """ppo as the reference, but: SIGKILL to the process group once the step-1 checkpoint exists; rerun; SIGTERM to
-    the process group (the launcher's terminate_group) once it has restored that checkpoint; rerun to the end;
+    the process group (the launcher's terminate_group) once its verl workers exist; rerun to the end;
     then, with summary.json removed, rerun once more."""
     cmd = _cmd("ppo", run_dir, model, data, *PPO_REFERENCE)
     marker = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
@@ -123,7 +123,9 @@ def _killed_preempted_resumed(run_dir: Path, model: Path, data: Path) -> dict:
     before = _tmp_ray_dirs()
     log2 = run_dir.parent / "leg2.log"
     proc = _start(cmd, log2, mark)
-    out["alive_at_term"] = _wait_for(proc, lambda: "Resuming from" in log2.read_text())
+    # once verl's workers exist (Ray up, the checkpoint about to load); waiting for a log line instead raced with step 2,
+    # whose checkpoint could be saved before Ray forwarded the line
+    out["alive_at_term"] = _wait_for(proc, lambda: any("WorkerDict" in p for p in _marked_ray_processes(mark)))
     out["rc_term"] = terminate_group(proc, grace_s=120)
     out["log_term"] = log2.read_text()
     out["stray_after_term"] = _wait_gone(mark, timeout=20)
