@@ -26,7 +26,8 @@ def write_run(root: Path, task: str, size: str, method: str, seed: int, val: dic
     for s in sorted(set(val) | set(train or {})):
         log.log({**(train or {}).get(s, {}), **({VAL[task]: val[s]} if s in val else {})}, step=s)
     if summary:
-        rundir.record_launch(d, start_step=0, wall_time_s=10.0 + seed, status="completed")
+        launch = rundir.start_launch(d, start_step=0, now=1e9)
+        rundir.end_launch(d, launch, status="completed", now=1e9 + 10.0 + seed)
         rows = rundir.read_metrics(d / rundir.METRICS)
         rundir.atomic_write_json(d / rundir.SUMMARY, {
             "task": task, "size": size, "method": method, "seed": seed, **rundir.summarize(rows, VAL[task]),
