@@ -1,5 +1,6 @@
 """HH reward client against a minimal FastAPI scorer (len(prompt) + 2 len(response)) served by uvicorn on loopback."""
 
+import contextlib
 import socket
 import threading
 import time
@@ -59,21 +60,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server():
-    """(base URL, call log) of the length scorer running in a background thread."""
-    calls: list = []
+@contextlib.contextmanager
+def serving(app):
+    """Run `app` under uvicorn in a background thread on a free loopback port; yields its base URL."""
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(length_scorer_app(calls), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not srv.started:
-        assert time.monotonic() < deadline, "scorer server did not start"
+        assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", calls
-    srv.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """(base URL, call log) of the length scorer running in a background thread."""
+    calls: list = []
+    with serving(length_scorer_app(calls)) as base:
+        yield base, calls
 
 
 def test_batches_are_chunked_and_rewards_in_order(server, monkeypatch):
@@ -165,16 +175,8 @@ def test_token_from_the_environment_is_sent_as_a_bearer_header(monkeypatch):
         body = await request.json()
         return {"rewards": [float(len(r)) for r in body["responses"]]}
 
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        url = f"http://127.0.0.1:{port}/predict"
+    with serving(app) as base:
+        url = f"{base}/predict"
         monkeypatch.setenv(hh.TOKEN_ENV, "t0k3n")
         assert hh.request_rewards(["a"], ["bcd"], url=url) == [3.0]
         monkeypatch.delenv(hh.TOKEN_ENV)
@@ -182,6 +184,3 @@ def test_token_from_the_environment_is_sent_as_a_bearer_header(monkeypatch):
         with pytest.raises(hh.RewardServerError, match=r"refused the token \(HTTP 401.*set REWARD_SERVER_TOKEN"):
             hh.request_rewards(["a"], ["b"], url=url, retries=5, backoff_s=1.0)
         assert time.monotonic() - start < 1.0  # not retried
-    finally:
-        srv.should_exit = True
-        thread.join(10)
