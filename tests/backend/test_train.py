@@ -98,6 +98,20 @@ def _wait_for(proc: subprocess.Popen, ready, timeout: float = 600) -> bool:
     return proc.poll() is None
 
 
+def _watch_shutdown(mark: str, tracker: Path, proc: subprocess.Popen) -> list[tuple[bool, bool, str]]:
+    """From the signal on, until the driver has exited: (a Ray worker alive, the raylet alive, the checkpoint tracker)
+    at every change."""
+    seen: list[tuple[bool, bool, str]] = []
+    while True:
+        procs = _marked_ray_processes(mark)
+        state = (any(" ray::" in p for p in procs), any("/raylet " in p for p in procs), tracker.read_text().strip())
+        if not seen or state != seen[-1]:
+            seen.append(state)
+        if proc.returncode is not None and not procs:
+            return seen
+        time.sleep(0.05)
+
+
 def _tmp_ray_dirs() -> set[str]:
     return {p.name for p in Path("/tmp").glob("tre_ray_*")}
 
@@ -126,7 +140,10 @@ def _killed_preempted_resumed(run_dir: Path, model: Path, data: Path) -> dict:
     # once verl's workers exist (Ray up, the checkpoint about to load); waiting for a log line instead raced with step 2,
     # whose checkpoint could be saved before Ray forwarded the line
     out["alive_at_term"] = _wait_for(proc, lambda: any("WorkerDict" in p for p in _marked_ray_processes(mark)))
-    out["rc_term"] = terminate_group(proc, grace_s=120)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        watched = pool.submit(_watch_shutdown, mark, marker, proc)
+        out["rc_term"] = terminate_group(proc, grace_s=120)
+        out["shutdown"] = watched.result()
     out["log_term"] = log2.read_text()
     out["stray_after_term"] = _wait_gone(mark, timeout=20)
     out["ray_dirs_left"] = sorted(_tmp_ray_dirs() - before)
@@ -302,6 +319,16 @@ def test_sigterm_stops_cleanly_and_leaves_nothing_behind(resume_runs):
     assert r["alive_at_term"], "run ended before it could be preempted"
     assert r["rc_term"] == 143 and "interrupted (SIGTERM)" in r["log_term"], r["log_term"][-3000:]
     assert r["stray_after_term"] == [] and r["ray_dirs_left"] == []
+
+
+def test_sigterm_stops_the_workers_before_anything_else(resume_runs):
+    """Preempted while the checkpoint loads, the workers stop at once: they die while their raylet still runs (before,
+    ray.shutdown() took seconds and they trained step 2 and wrote its checkpoint after the signal)."""
+    r, _ = resume_runs["chain"]
+    seen = r["shutdown"]
+    assert seen[0][:2] == (True, True), seen  # the signal came while the run was up
+    assert all(raylet for worker, raylet, _ in seen if worker), seen  # no worker outlived the raylet
+    assert {tracker for _, _, tracker in seen} == {"1"}, seen  # nothing was checkpointed after the signal
 
 
 def test_killed_and_preempted_run_resumes_bit_identical(resume_runs):
