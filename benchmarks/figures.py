@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from evaluation.argtypes import Parser, int_at_least
+from common.argtypes import Parser, int_at_least
 
 # Run as a script, this file's folder is sys.path[0] and its name would shadow the figures package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]

@@ -37,7 +37,7 @@ from typing import Callable  # noqa: E402
 
 import torch  # noqa: E402
 
-from evaluation.argtypes import Parser, int_at_least  # noqa: E402
+from common.argtypes import Parser, int_at_least  # noqa: E402
 from tre import trust_region_entropy  # noqa: E402
 
 VOCAB = 151936

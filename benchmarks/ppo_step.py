@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from evaluation.argtypes import Parser, int_at_least
+from common.argtypes import Parser, int_at_least
 
 DEFAULT_METHODS = ("ppo", "entropy", "kl_cov", "forking_tokens", "tre_k", "tre_p")
 
@@ -142,8 +142,8 @@ def measure_memory(model_dir: str, method: str, responses: int, prompt_len: int,
 
 
 def _model(vocab: str, cache: Path) -> Path:
-    """The project's tiny Qwen2 policy (evaluation.tiny_model) with the given vocabulary, built once."""
-    from evaluation.tiny_model import build
+    """The project's tiny Qwen2 policy (miniature.tiny_model) with the given vocabulary, built once."""
+    from miniature.tiny_model import build
 
     out = cache / f"tiny_policy_{vocab}"
     if not (out / "config.json").exists():

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from evaluation.argtypes import Parser
+from common.argtypes import Parser
 
 WORDS = ("the model answers clearly and kindly with useful steps examples and a short summary of each idea "
          "so that readers can follow along easily without prior knowledge").split()
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             model = args.model
             if model is None:
-                from evaluation.tiny_model import build
+                from miniature.tiny_model import build
 
                 model = str(build(Path(tmp) / "rm", vocab_size=8192, seed=0, kind="reward"))
             result = long_string(model, args.long_mib)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from evaluation.tiny_model import build
+            from miniature.tiny_model import build
 
             model = str(build(Path(tmp) / "rm", vocab_size=8192, seed=0, kind="reward"))
         server, url = start_server(model, args.max_batch)

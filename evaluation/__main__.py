@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from evaluation.argtypes import Parser, device, int_at_least
+from common.argtypes import Parser, device, int_at_least
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from evaluation.argtypes import output_dir
-from evaluation.files import BadFile, atomic_write_text, read_json_object, read_parquet
+from common.argtypes import output_dir
+from common.files import BadFile, atomic_write_text, read_json_object, read_parquet
 
 # Validation sampling of the authors (val_kwargs of their scripts; docs/fidelity.md, "Configs"): T = 1.0, top-p 0.7,
 # no top-k (verl's -1 = HF's 0).

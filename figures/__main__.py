@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from evaluation.argtypes import Parser, int_at_least, output_dir
+from common.argtypes import Parser, int_at_least, output_dir
 from figures import ARTEFACTS, artefact
 from figures.common import RESULTS_DIR, ArchiveError, read_json_object
 

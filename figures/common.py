@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
-from evaluation.files import BadFile, atomic_write_bytes, atomic_write_text, read_json_object, read_parquet  # noqa: F401  (the figures' readers and writers)
+from common.files import BadFile, atomic_write_bytes, atomic_write_text, read_json_object, read_parquet  # noqa: F401  (the figures' readers and writers)
 
 if TYPE_CHECKING:  # pandas/matplotlib are imported lazily so `python -m figures list` stays instant
     import pandas as pd

@@ -190,23 +190,23 @@ CASES = [
          ["prepare", "math", "--generate", "--train-size", "3", "--test-size", "0", "--out", "prev"], "--test-size"),
     Case("prepare-out-is-a-file", "evaluation.tasks.__main__",
          ["prepare", "math", "--generate", "--train-size", "3", "--test-size", "2", "--out", "bad/file.txt"], "--out"),
-    # evaluation.warm_start
-    Case("warm-start-out-existing-dir", "evaluation.warm_start",
+    # miniature.warm_start
+    Case("warm-start-out-existing-dir", "miniature.warm_start",
          ["--model", "{model}", "--data", "data/train.parquet", "--out", "precious", "--steps", "1", "--batch-size", "2"],
          "--out", needs_model=True),
-    Case("warm-start-out-cwd", "evaluation.warm_start",
+    Case("warm-start-out-cwd", "miniature.warm_start",
          ["--model", "{model}", "--data", "data/train.parquet", "--out", ".", "--steps", "1", "--batch-size", "2"],
          "--out", needs_model=True),
-    Case("warm-start-corrupt-data", "evaluation.warm_start",
+    Case("warm-start-corrupt-data", "miniature.warm_start",
          ["--model", "model", "--data", "bad/garbage.parquet", "--out", "ws", "--steps", "1"], "garbage.parquet"),
-    Case("warm-start-broken-model-config", "evaluation.warm_start",
+    Case("warm-start-broken-model-config", "miniature.warm_start",
          ["--model", "bad/model", "--data", "data/train.parquet", "--out", "ws", "--steps", "1"], "bad/model"),
-    Case("warm-start-rows-without-demonstrations", "evaluation.warm_start",
+    Case("warm-start-rows-without-demonstrations", "miniature.warm_start",
          ["--model", "model", "--data", "bad/strprompt.parquet", "--out", "ws", "--steps", "1"], "strprompt.parquet"),
-    Case("warm-start-out-is-a-file", "evaluation.warm_start",
+    Case("warm-start-out-is-a-file", "miniature.warm_start",
          ["--model", "model", "--data", "data/train.parquet", "--out", "bad/file.txt", "--steps", "1"], "--out"),
-    # evaluation.tiny_model
-    Case("tiny-model-out-is-a-file", "evaluation.tiny_model", ["--out", "bad/file.txt", "--vocab-size", "256"], "--out"),
+    # miniature.tiny_model
+    Case("tiny-model-out-is-a-file", "miniature.tiny_model", ["--out", "bad/file.txt", "--vocab-size", "256"], "--out"),
     # evaluation.reward_model train
     Case("rm-train-broken-json", "evaluation.reward_model.__main__",
          ["train", "--base", "model", "--data", "bad/broken.json", "--out", "rm"], "broken.json"),
@@ -256,7 +256,7 @@ def tiny_policy(tmp_path_factory) -> Path:
     `<policy>-noweights`: its config and tokenizer without the weights."""
     import shutil
 
-    from evaluation.tiny_model import build
+    from miniature.tiny_model import build
 
     policy = build(tmp_path_factory.mktemp("tiny") / "policy", vocab_size=256, seed=0, kind="policy", hidden_size=16,
                    layers=1, heads=2, kv_heads=1)

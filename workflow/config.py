@@ -12,7 +12,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import yaml
 
-from evaluation.files import atomic_write_text
+from common.files import atomic_write_text
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 GRIDS = ("tiny", "paper")
@@ -302,7 +302,7 @@ def warm_start_data(config: Mapping[str, Any]) -> list[str]:
 
 
 def warm_start_args(config: Mapping[str, Any], threads: int) -> list[str]:
-    """Arguments of `python -m evaluation.warm_start` for the grid's warm start."""
+    """Arguments of `python -m miniature.warm_start` for the grid's warm start."""
     spec = config["warm_start"]
     args = ["--model", spec["base"], "--data", *warm_start_data(config),
             "--out", WARM_START_MODEL, "--threads", str(threads)]

@@ -40,8 +40,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import submitit
 
-from evaluation.argtypes import int_at_least
-from evaluation.files import atomic_write_text
+from common.argtypes import int_at_least
+from common.files import atomic_write_text
 
 CLUSTERS = ("auto", "slurm", "local", "debug")
 ENV_CLUSTER = "TRE_LAUNCHER_CLUSTER"

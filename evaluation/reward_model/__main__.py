@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from evaluation.argtypes import Parser, int_at_least, open_fraction, output_dir, port
+from common.argtypes import Parser, int_at_least, open_fraction, output_dir, port
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from evaluation.argtypes import Parser, int_at_least, output_dir
+from common.argtypes import Parser, int_at_least, output_dir
 from evaluation.tasks import FIXTURES_DIR, TASKS, get_task
 from evaluation.tasks.common import DataUnavailable
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from evaluation.files import atomic_write_bytes, read_parquet
+from common.files import atomic_write_bytes, read_parquet
 
 SOURCE_SUFFIXES = (".jsonl", ".json", ".parquet")
 

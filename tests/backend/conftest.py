@@ -14,8 +14,8 @@ PYTHON = sys.executable
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    """evaluation.tiny_model's policy: real Qwen2.5 tokenizer cut to 8,192 ranks, 2 layers, hidden 64."""
-    from evaluation.tiny_model import build
+    """miniature.tiny_model's policy: real Qwen2.5 tokenizer cut to 8,192 ranks, 2 layers, hidden 64."""
+    from miniature.tiny_model import build
 
     return build(tmp_path_factory.mktemp("tiny_model") / "policy", vocab_size=8192, seed=0, kind="policy")
 

@@ -11,7 +11,7 @@ from tre.backend.cpu import apply_compat_shims, apply_cpu_shims
 @pytest.fixture(scope="module")
 def lively_policy(tmp_path_factory):
     """A tiny random policy with large weights, so that its greedy continuation depends on the positions."""
-    from evaluation.tiny_model import build
+    from miniature.tiny_model import build
 
     return build(tmp_path_factory.mktemp("lively"), vocab_size=1024, seed=0, kind="policy", initializer_range=1.0)
 

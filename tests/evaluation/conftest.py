@@ -13,7 +13,7 @@ PROBLEMS = [("Solve for $x$: $3x + 7 = 22$.", "5"), ("What is $1 + 1$?", "2"), (
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from evaluation.tiny_model import build
+    from miniature.tiny_model import build
 
     return build(tmp_path_factory.mktemp("tiny") / "policy", vocab_size=1024, seed=0, kind="policy")
 

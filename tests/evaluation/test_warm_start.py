@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from evaluation import warm_start
+from miniature import warm_start
 from evaluation.tasks import countdown, hh, math_lighteval
 
 

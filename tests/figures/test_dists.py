@@ -19,7 +19,7 @@ def policies(tmp_path_factory) -> dict[str, Path]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from evaluation.tiny_model import build
+    from miniature.tiny_model import build
 
     root = tmp_path_factory.mktemp("policies")
     base = build(root / "base", vocab_size=1024, seed=0, kind="policy")

@@ -41,6 +41,6 @@ def prefs_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_rm_dir(tmp_path_factory) -> Path:
     """An untrained tiny Qwen2ForSequenceClassification (8k vocab) saved with its tokenizer."""
-    from evaluation.tiny_model import build
+    from miniature.tiny_model import build
 
     return build(tmp_path_factory.mktemp("tiny_rm"), vocab_size=8192, seed=0, kind="reward")

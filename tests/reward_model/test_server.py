@@ -309,7 +309,13 @@ def test_token_is_required_and_sent_by_the_hh_client(token_url, scorer, monkeypa
 def test_a_client_that_disconnects_stops_the_scoring(tiny_rm_dir):
     scorer = RewardScorer(str(tiny_rm_dir), ["cpu"], max_batch=1)
     forwards = []
-    scorer.replicas[0][0].register_forward_hook(lambda *_: forwards.append(time.monotonic()))
+    # each forward takes at least 10 ms, so the 400 take 4 s or more however fast the machine: the bound below then
+    # measures the server's disconnect poll (0.2 s), not how many forwards of the tiny model fit into it
+    def slow_forward(*_) -> None:  # a forward hook must return None (a value would replace the output)
+        time.sleep(0.01)
+        forwards.append(time.monotonic())
+
+    scorer.replicas[0][0].register_forward_hook(slow_forward)
     n = 400
     body = json.dumps({"prompts": ["Tell me a story."] * n, "responses": ["Once upon a time " * 20] * n}).encode()
     with running(create_app(scorer)) as base:

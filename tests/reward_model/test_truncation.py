@@ -47,7 +47,7 @@ def tokenizer(tiny_rm_dir):
 @pytest.fixture(scope="module")
 def full_tokenizer():
     """The full Qwen2.5 tokenizer (151k ranks: longer merges than the 8k tiny one)."""
-    from evaluation.tiny_model import make_tokenizer
+    from miniature.tiny_model import make_tokenizer
 
     return make_tokenizer(None)
 

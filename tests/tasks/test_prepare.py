@@ -230,7 +230,7 @@ def test_parquet_round_trips_through_verl_rlhf_dataset(tmp_path):
     from omegaconf import OmegaConf
     from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 
-    from evaluation.tiny_model import build_tokenizer
+    from miniature.tiny_model import build_tokenizer
 
     tokenizer = build_tokenizer(tmp_path / "tok", vocab_size=8192)
     countdown.prepare(tmp_path / "cd", source=str(countdown.FIXTURE), train_size=4, test_size=2)

@@ -1,4 +1,4 @@
-"""Tests for evaluation.tiny_model: exact Qwen2.5 ids, cut-down vocab, chat template, offline loading, determinism."""
+"""Tests for miniature.tiny_model: exact Qwen2.5 ids, cut-down vocab, chat template, offline loading, determinism."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import tiny_model as tm
+from miniature import tiny_model as tm
 
 TEXTS = [
     "Hello world",

@@ -19,8 +19,10 @@ CLUSTER_ENV = {"SLURM_CI_NODES": "2", "SLURM_CI_GPUS": "2"}
 
 
 @pytest.fixture
-def standin_workdir(tmp_path: Path) -> Path:
-    """A Snakemake working directory whose `python -m evaluation/tre.backend/figures` are the stand-ins."""
+def standin_workdir(tmp_path: Path, monkeypatch) -> Path:
+    """A Snakemake working directory whose `python -m evaluation/tre.backend/figures` are the stand-ins (the rest of
+    each package is the real one, found through $TRE_STANDIN_REPO)."""
+    monkeypatch.setenv("TRE_STANDIN_REPO", str(REPO))
     work = tmp_path / "work"
     shutil.copytree(STANDINS, work)
     return work

@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import Optional
 
-from evaluation.argtypes import Parser
+from common.argtypes import Parser
 from tre.backend.profiles import PROFILES, SIZES, TASKS, WANDB_MODES, RunSpec, SpecError
 
 

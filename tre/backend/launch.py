@@ -46,7 +46,7 @@ def resolve(config) -> dict[str, Any]:
 
 def preflight(resolved: dict[str, Any], spec: RunSpec) -> None:
     """Catch, before Ray starts, the mistakes that would otherwise surface as a worker traceback."""
-    from evaluation.files import BadFile, parquet_metadata
+    from common.files import BadFile, parquet_metadata
 
     for key in ("train_files", "val_files"):
         files = resolved["data"][key]
@@ -66,7 +66,7 @@ def preflight(resolved: dict[str, Any], spec: RunSpec) -> None:
     model = os.path.expanduser(resolved["actor_rollout_ref"]["model"]["path"])
     if spec.size == "tiny" and not os.path.isdir(model):
         raise SpecError(f"model_path: {model} is not a directory (size tiny needs a local model; build one with "
-                        "`python -m evaluation.tiny_model --out DIR`)")
+                        "`python -m miniature.tiny_model --out DIR`)")
     if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
         raise SpecError(f"model_path: {model} is not a model directory (no config.json)")
     reward = resolved["custom_reward_function"]["path"]

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from evaluation.files import atomic_write_json, atomic_write_text  # noqa: F401  (atomic_write_json: the run files' writer)
+from common.files import atomic_write_json, atomic_write_text  # noqa: F401  (atomic_write_json: the run files' writer)
 
 RUN_DIR_ENV = "TRE_RUN_DIR"  # set for the Ray workers: where the TaskRunner's Tracking also writes metrics.jsonl
 CONFIG, METRICS, SUMMARY, CHECKPOINTS = "config.json", "metrics.jsonl", "summary.json", "checkpoints"

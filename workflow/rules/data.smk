@@ -29,7 +29,7 @@ rule tiny_model:
     log:
         "logs/tiny_model/tiny_model.log",
     shell:
-        "{PY} -m evaluation.tiny_model --out models/tiny --kind both --vocab-size {params.vocab} "
+        "{PY} -m miniature.tiny_model --out models/tiny --kind both --vocab-size {params.vocab} "
         "--seed {params.seed} > {log} 2>&1"
 
 
@@ -45,4 +45,4 @@ rule warm_start:
     log:
         "logs/warm_start/tiny.log",
     run:
-        shell_logged(shlex.join([PY, "-m", "evaluation.warm_start", *wfc.warm_start_args(config, threads)]), log)
+        shell_logged(shlex.join([PY, "-m", "miniature.warm_start", *wfc.warm_start_args(config, threads)]), log)

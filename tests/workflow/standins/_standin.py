@@ -5,6 +5,16 @@ import sys
 from pathlib import Path
 
 
+def become_real(namespace: dict) -> None:
+    """Make a stand-in package the real one but for its stand-in modules: the real package's directory (under
+    $TRE_STANDIN_REPO) joins its __path__ and the real __init__ runs in it, so that every other submodule (a writer, a
+    parser, a constant) and every package-level name is the real one."""
+    real = Path(os.environ["TRE_STANDIN_REPO"], *namespace["__name__"].split("."))
+    namespace["__path__"].append(str(real))
+    init = real / "__init__.py"
+    exec(compile(init.read_text(), str(init), "exec"), namespace)
+
+
 def record(name: str) -> None:
     """Append this call (stand-in name, argv, reward URL) to calls.jsonl in the working directory."""
     with open("calls.jsonl", "a") as f:

@@ -11,7 +11,7 @@ policy then often ignores the requested answer format, as instruct models do, an
 a consistent signal that PPO on a tiny policy can learn within tens of steps (the arithmetic itself it cannot
 improve that fast; see README, "The CPU miniature").
 
-    python -m evaluation.warm_start --model models/tiny/policy --data data/math/train.parquet --out models/tiny/warm
+    python -m miniature.warm_start --model models/tiny/policy --data data/math/train.parquet --out models/tiny/warm
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from evaluation.argtypes import Parser, fraction, int_at_least, open_fraction, output_dir
-from evaluation.files import BadFile, atomic_write_text, read_parquet, replace_dir
+from common.argtypes import Parser, fraction, int_at_least, open_fraction, output_dir
+from common.files import BadFile, atomic_write_text, read_parquet, replace_dir
 
 RECORD = "warm_start.json"
 
@@ -181,7 +181,7 @@ def _save(model, tokenizer, out: Path, record: dict[str, Any]) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     """CLI entry point; bad input -> one line on stderr, exit 2."""
     defaults = Settings()
-    parser = Parser(prog="python -m evaluation.warm_start", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m miniature.warm_start", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, metavar="DIR", help="base policy directory (HF format)")
     parser.add_argument("--data", required=True, nargs="+", type=Path, metavar="PARQUET",
                         help="prepared train parquet(s) of math and/or countdown (python -m evaluation.tasks prepare)")

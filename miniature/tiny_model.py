@@ -6,7 +6,7 @@ ranks (every Qwen merge joins two lower-ranked tokens, so a rank prefix is itsel
 tiny randomly initialised `Qwen2ForCausalLM` (policy) or `Qwen2ForSequenceClassification` (reward model) next to
 it, loadable with `from_pretrained(dir)` and no network.
 
-    python -m evaluation.tiny_model --out models/tiny [--vocab-size 8192|full] [--seed 0] [--kind policy|reward|both]
+    python -m miniature.tiny_model --out models/tiny [--vocab-size 8192|full] [--seed 0] [--kind policy|reward|both]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from evaluation.argtypes import Parser, int_at_least, output_dir
+from common.argtypes import Parser, int_at_least, output_dir
 
 Kind = Literal["policy", "reward", "both"]
 KINDS: tuple[str, ...] = ("policy", "reward", "both")
@@ -293,7 +293,7 @@ def _vocab_arg(text: str) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: build a tiny model directory."""
-    parser = Parser(prog="python -m evaluation.tiny_model", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m miniature.tiny_model", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=output_dir, help="output directory")
     parser.add_argument("--vocab-size", type=_vocab_arg, default=DEFAULT_VOCAB,
                         help=f"BPE ranks to keep, {MIN_VOCAB}..{FULL_VOCAB}, or 'full' (default {DEFAULT_VOCAB})")

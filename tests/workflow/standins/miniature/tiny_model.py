@@ -1,4 +1,4 @@
-"""Stand-in: python -m evaluation.tiny_model --out DIR --kind both"""
+"""Stand-in: python -m miniature.tiny_model --out DIR --kind both"""
 from _standin import arg, record, write
 
 record("tiny_model")

@@ -1,4 +1,4 @@
-"""Stand-in: python -m evaluation.warm_start --model DIR --data PARQUET... --out DIR ..."""
+"""Stand-in: python -m miniature.warm_start --model DIR --data PARQUET... --out DIR ..."""
 import sys
 
 from _standin import arg, record, write
