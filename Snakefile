@@ -2,7 +2,7 @@
 
 `snakemake all` runs the tiny CPU grid (workflow/config/tiny.yaml) with the workflow profile profiles/default;
 `snakemake --profile slurm all` the paper grid (workflow/config/paper.yaml) on a Slurm cluster. The rules are in
-workflow/rules/. Heavy steps go through workflow/launcher.py (submitit), light ones run where Snakemake runs.
+workflow/rules/. Heavy steps go through workflow/launcher/ (submitit), light ones run where Snakemake runs.
 """
 import json
 import os
@@ -10,7 +10,7 @@ import shlex
 import sys
 
 from workflow import config as wfc
-from workflow.launcher import resolve_cluster
+from workflow.launcher.cluster import resolve_cluster
 
 _resolved = wfc.load_or_exit(config)
 config.clear()

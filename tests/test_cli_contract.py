@@ -240,8 +240,9 @@ CASES = [
          "--results", "figs"], "config.json", lambda root: _broken_entropy_run(root)),
     Case("figures-dists-keep-not-a-number", "figures.__main__", ["dists", "--keep", "abc"], "--keep"),
     # the workflow's launcher
-    Case("launcher-array-commands-missing", "workflow.launcher",
-         ["array", "--name", "x", "--log-dir", "logs", "--commands", "nofile", "--cluster", "local"], "--commands"),
+    Case("launcher-resources-against-the-schema", "workflow.launcher.cli",
+         ["run", "--name", "x", "--log-dir", "logs", "--resources", '{"nodes": 0}', "--", "true"], "resources.nodes"),
+    Case("launcher-status-without-a-job", "workflow.launcher.cli", ["status", "--log-dir", "logs"], "--log-dir"),
 ]
 
 

@@ -90,27 +90,33 @@ def _path_str(path: Sequence[Any]) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-def validate(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
-    """Check config against the JSON schema and the method registry; raise ConfigError (one line) if it is bad."""
+def _schema_error(instance: Any, schema: Mapping[str, Any]) -> Optional[tuple[list[Any], str]]:
+    """(path, what is wrong) of the first violation of the JSON schema in instance, or None."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        err = errors[0]
-        path = list(err.absolute_path)
-        if err.validator == "additionalProperties":
-            allowed = sorted((err.schema.get("properties") or {}).keys())
-            extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, Mapping) else []
-            key = _path_str([*path, extra[0]]) if extra else _path_str(path)
-            raise ConfigError(f"config: {key}: unknown key (allowed: {', '.join(allowed)})")
-        if err.validator == "required":
-            missing = [k for k in err.validator_value if k not in err.instance]
-            raise ConfigError(f"config: {_path_str([*path, missing[0]])}: required key missing")
-        if err.validator == "enum":
-            raise ConfigError(f"config: {_path_str(path)}: {err.instance!r} is not one of "
-                              f"{', '.join(map(str, err.validator_value))}")
-        raise ConfigError(f"config: {_path_str(path)}: {err.message}")
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if not errors:
+        return None
+    err = errors[0]
+    path = list(err.absolute_path)
+    if err.validator == "additionalProperties":
+        allowed = sorted((err.schema.get("properties") or {}).keys())
+        extra = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, Mapping) else []
+        return ([*path, extra[0]] if extra else path), f"unknown key (allowed: {', '.join(allowed)})"
+    if err.validator == "required":
+        missing = [k for k in err.validator_value if k not in err.instance]
+        return [*path, missing[0]], "required key missing"
+    if err.validator == "enum":
+        return path, f"{err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
+    return path, err.message
+
+
+def validate(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Check config against the JSON schema and the method registry; raise ConfigError (one line) if it is bad."""
+    bad = _schema_error(config, schema)
+    if bad:
+        raise ConfigError(f"config: {_path_str(bad[0])}: {bad[1]}")
     _check_semantics(config)
 
 
@@ -330,6 +336,14 @@ def step_resources(config: Mapping[str, Any], step: str, size: str) -> dict[str,
             res[key] = config["launcher"][key]
     res.update(config["resources"].get(step, {}).get(size, {}))
     return res
+
+
+def check_resources(resources: Any, where: str = "resources", config_dir: Path = CONFIG_DIR) -> None:
+    """Check one step's resources against the schema's resources entry; raise ConfigError (one line) if bad."""
+    schema = load_yaml(config_dir / "schema.yaml")
+    bad = _schema_error(resources, {"$defs": schema["$defs"], "$ref": "#/$defs/resources"})
+    if bad:
+        raise ConfigError(f"{_path_str([where, *bad[0]])}: {bad[1]}")
 
 
 # ------------------------------------------------------------------------------------------ commands

@@ -22,7 +22,7 @@ import hashlib
 import pytest
 
 from tre.backend import rundir
-from workflow.launcher import terminate_group
+from common.processes import terminate_group
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +13,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
+from evaluation.reward_model.lifecycle import ServerNotReady, client_env, running_server
 from evaluation.reward_model.scoring import load_reward_model, pair_texts, score_pairs
 from evaluation.reward_model.server import (Limits, RequestError, RewardScorer, create_app, parse_predict_body,
                                             split_contiguous)
@@ -196,32 +195,31 @@ def test_scoring_failure_is_a_500_line_and_server_survives(tiny_rm_dir):
         assert httpx.post(f"{base}/predict", json=body, timeout=10).json() == {"rewards": [1.5]}
 
 
-def test_cli_serve_subprocess_on_loopback(tiny_rm_dir):
-    port = _free_port()
+def test_cli_serve_subprocess_on_loopback(tiny_rm_dir, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "evaluation.reward_model", "serve", "--model", str(tiny_rm_dir),
-                             "--port", str(port), "--max-batch", "2", "--log-level", "warning"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            try:
-                health = httpx.get(f"{base}/health", timeout=2).json()
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.stdout.read()
-                assert time.time() < deadline, "server did not come up in 90 s"
-                time.sleep(0.2)
+    with running_server(str(tiny_rm_dir), tmp_path / "serve.log", args=["--max-batch", "2", "--log-level", "warning"],
+                        env=env, ready_timeout_s=90) as server:
+        base = server.url.removesuffix("/predict")
+        health = httpx.get(f"{base}/health", timeout=2).json()
         assert (health["devices"], health["max_batch"], health["max_request"], health["torch_threads"]) == (
             ["cpu"], 2, 4096, 1)
-        rewards = httpx.post(f"{base}/predict", json={"prompts": PROMPTS[:3], "responses": RESPONSES[:3]},
+        rewards = httpx.post(server.url, json={"prompts": PROMPTS[:3], "responses": RESPONSES[:3]},
                              timeout=30).json()["rewards"]
         model, tok = load_reward_model(str(tiny_rm_dir))
         assert rewards == score_pairs(model, tok, PROMPTS[:3], RESPONSES[:3], batch_size=2)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    assert server.proc is None  # stopped with the block
+
+
+def test_running_server_hands_out_url_and_token_and_fails_in_one_line(tmp_path):
+    from evaluation.tasks import hh
+
+    with pytest.raises(ServerNotReady, match=r"^server behind http://127\.0\.0\.1:\d+/health exited before it was "
+                                             r"ready; log: .*serve\.log$"):
+        with running_server(str(tmp_path / "none"), tmp_path / "serve.log", token="t0k"):
+            pass
+    assert "not a directory" in (tmp_path / "serve.log").read_text()
+    assert client_env("http://h:1/predict", "t0k") == {hh.URL_ENV: "http://h:1/predict", hh.TOKEN_ENV: "t0k"}
+    assert client_env(token="t0k") == {hh.TOKEN_ENV: "t0k"} and client_env() == {}
 
 
 def test_cli_serve_bad_args_exit_2(tmp_path, capsys):

@@ -9,52 +9,57 @@ from pathlib import Path
 
 import pytest
 
-from workflow import launcher as L
+from common.processes import terminate_group
+from tre.backend.rundir import supersede_if_changed
+from workflow.launcher import jobs, multinode, progress
+from workflow.launcher.cluster import ENV_CLUSTER, Resources, executor_parameters, resolve_cluster
+from workflow.launcher.errors import LaunchError, StepFailed
+from workflow.launcher.tokens import derived_secret
 
 PY = sys.executable
 
 
-def test_resources_validate_keys_and_types():
-    r = L.Resources.from_mapping({"timeout_min": 5, "mem_gb": 2, "partition": "gpu", "setup": ["module load x"]})
+def test_resources_are_checked_against_the_config_schema():
+    r = Resources.from_mapping({"timeout_min": 5, "mem_gb": 2, "partition": "gpu", "setup": ["module load x"]})
     assert (r.timeout_min, r.mem_gb, r.partition, r.setup) == (5, 2.0, "gpu", ("module load x",))
-    with pytest.raises(L.LaunchError, match=r"^resources\.gpus: unknown key \(allowed: timeout_min, "):
-        L.Resources.from_mapping({"gpus": 1})
-    with pytest.raises(L.LaunchError, match=r"^resources\.nodes: must be an integer >= 1, got 0$"):
-        L.Resources.from_mapping({"nodes": 0})
-    with pytest.raises(L.LaunchError, match=r"^resources\.mem_gb: must be a positive number, got 'x'$"):
-        L.Resources.from_mapping({"mem_gb": "x"})
+    with pytest.raises(LaunchError, match=r"^resources\.gpus: unknown key \(allowed: account, additional, "):
+        Resources.from_mapping({"gpus": 1})
+    with pytest.raises(LaunchError, match=r"^resources\.nodes: 0 is less than the minimum of 1$"):
+        Resources.from_mapping({"nodes": 0})
+    with pytest.raises(LaunchError, match=r"^resources\.mem_gb: 'x' is not of type 'number'$"):
+        Resources.from_mapping({"mem_gb": "x"})
 
 
 def test_cluster_is_slurm_only_where_srun_exists(monkeypatch):
-    monkeypatch.delenv(L.ENV_CLUSTER, raising=False)
-    assert L.resolve_cluster("auto", which=lambda name: "/usr/bin/srun", answers=lambda: True) == "slurm"
+    monkeypatch.delenv(ENV_CLUSTER, raising=False)
+    assert resolve_cluster("auto", which=lambda name: "/usr/bin/srun", answers=lambda: True) == "slurm"
     # srun installed but no controller answering (Slurm stopped): local processes
-    assert L.resolve_cluster("auto", which=lambda name: "/usr/bin/srun", answers=lambda: False) == "local"
-    assert L.resolve_cluster(None, which=lambda name: None) == "local"
-    assert L.resolve_cluster("debug") == "debug"
-    monkeypatch.setenv(L.ENV_CLUSTER, "debug")
-    assert L.resolve_cluster(None, which=lambda name: "/usr/bin/srun", answers=lambda: True) == "debug"
-    with pytest.raises(L.LaunchError, match="^cluster: must be one of auto, slurm, local, debug, got 'pbs'$"):
-        L.resolve_cluster("pbs")
+    assert resolve_cluster("auto", which=lambda name: "/usr/bin/srun", answers=lambda: False) == "local"
+    assert resolve_cluster(None, which=lambda name: None) == "local"
+    assert resolve_cluster("debug") == "debug"
+    monkeypatch.setenv(ENV_CLUSTER, "debug")
+    assert resolve_cluster(None, which=lambda name: "/usr/bin/srun", answers=lambda: True) == "debug"
+    with pytest.raises(LaunchError, match="^cluster: must be one of auto, slurm, local, debug, got 'pbs'$"):
+        resolve_cluster("pbs")
 
 
 def test_executor_parameters_per_cluster():
-    r = L.Resources(timeout_min=30, cpus_per_task=4, mem_gb=8, gpus_per_node=8, nodes=2, partition="gpu",
+    r = Resources(timeout_min=30, cpus_per_task=4, mem_gb=8, gpus_per_node=8, nodes=2, partition="gpu",
                     account="proj", signal_delay_s=300, additional={"exclusive": True})
-    assert L.executor_parameters(r, "slurm", "train", checkpointable=True) == {
+    assert executor_parameters(r, "slurm", "train", checkpointable=True) == {
         "name": "train", "timeout_min": 30, "cpus_per_task": 4, "gpus_per_node": 8, "tasks_per_node": 1,
         "nodes": 2, "mem_gb": 8.0, "slurm_signal_delay_s": 300, "slurm_partition": "gpu", "slurm_account": "proj",
         "slurm_additional_parameters": {"exclusive": True}}
     # a step that cannot checkpoint gets no early USR2 (one at job start would kill it before its handler exists)
-    assert L.executor_parameters(r, "slurm", "eval")["slurm_signal_delay_s"] == 0
-    too_late = L.Resources(timeout_min=2, signal_delay_s=120)
-    with pytest.raises(L.LaunchError, match=r"^resources\.signal_delay_s: must be shorter than the time limit \(120 s\), got 120$"):
-        L.executor_parameters(too_late, "slurm", "train", checkpointable=True)
-    single = L.Resources(timeout_min=30, cpus_per_task=4)
-    assert L.executor_parameters(single, "local", "eval") == {
+    assert executor_parameters(r, "slurm", "eval")["slurm_signal_delay_s"] == 0
+    too_late = Resources(timeout_min=2, signal_delay_s=120)
+    with pytest.raises(LaunchError, match=r"^resources\.signal_delay_s: must be shorter than the time limit \(120 s\), got 120$"):
+        executor_parameters(too_late, "slurm", "train", checkpointable=True)
+    single = Resources(timeout_min=30, cpus_per_task=4)
+    assert executor_parameters(single, "local", "eval") == {
         "name": "eval", "timeout_min": 30, "cpus_per_task": 4, "gpus_per_node": 0, "tasks_per_node": 1}
-    with pytest.raises(L.LaunchError, match=r"^resources\.nodes: 2 nodes need the slurm cluster, not 'local'$"):
-        L.executor_parameters(r, "local", "train")
+    with pytest.raises(LaunchError, match=r"^resources\.nodes: 2 nodes need the slurm cluster, not 'local'$"):
+        executor_parameters(r, "local", "train")
 
 
 def _cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -85,7 +90,7 @@ def test_cpu_step_threads_follow_its_cpus_unless_the_user_set_them(tmp_path):
                               capture_output=True, timeout=120, env={**env, **({"OMP_NUM_THREADS": user} if user else {})})
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / "threads.txt").read_text() == f"{expected}\n"
-    gpu = L.StepSpec(name="g", log_dir=tmp_path, argv=["true"], resources=L.Resources(gpus_per_node=1))
+    gpu = jobs.StepSpec(name="g", log_dir=tmp_path, argv=["true"], resources=Resources(gpus_per_node=1))
     assert gpu.command().cpu_threads is None  # GPU steps keep Ray's own per-worker defaults
 
 
@@ -130,13 +135,10 @@ def test_reward_server_runs_next_to_the_command(standin_workdir):
         urllib.request.urlopen(url.replace("/predict", "/health"), timeout=2)
 
 
-def test_reward_server_that_never_gets_ready_fails_the_step(tmp_path):
-    (tmp_path / "evaluation" / "reward_model").mkdir(parents=True)
-    (tmp_path / "evaluation" / "__init__.py").write_text("")
-    (tmp_path / "evaluation" / "reward_model" / "__init__.py").write_text("")
-    (tmp_path / "evaluation" / "reward_model" / "__main__.py").write_text("raise SystemExit('no model here')\n")
+def test_reward_server_that_never_gets_ready_fails_the_step(standin_workdir):
+    (standin_workdir / "evaluation" / "reward_model" / "__main__.py").write_text("raise SystemExit('no model here')\n")
     proc = _cli("run", "--name", "t", "--log-dir", "logs/t", "--cluster", "debug", "--reward-model", "nope",
-                "--", "true", cwd=tmp_path)
+                "--", "true", cwd=standin_workdir)
     assert proc.returncode == 1
     assert "reward server: server behind http://127.0.0.1:" in proc.stderr
     assert "exited before it was ready; log: " in proc.stderr
@@ -144,10 +146,10 @@ def test_reward_server_that_never_gets_ready_fails_the_step(tmp_path):
 
 def test_local_multi_task_ranks_meet(tmp_path):
     """Two tasks of one allocation find each other (the multi-node path, here as 2 local tasks)."""
-    spec = L.StepSpec(name="grp", log_dir=tmp_path / "logs", cluster="local", cwd=str(tmp_path),
-                      resources=L.Resources(tasks_per_node=2, timeout_min=2),
+    spec = jobs.StepSpec(name="grp", log_dir=tmp_path / "logs", cluster="local", cwd=str(tmp_path),
+                      resources=Resources(tasks_per_node=2, timeout_min=2),
                       argv=["bash", "-c", "echo $WORLD_SIZE $NODE_RANK $MASTER_ADDR > env.txt"])
-    rec = L.launch(spec)
+    rec = jobs.launch(spec)
     peers = [r["peers"] for r in rec["results"]]
     assert [p["rank"] for p in peers[0]] == [0, 1] and peers[0] == peers[1]
     world, rank, addr = (tmp_path / "env.txt").read_text().split()
@@ -159,31 +161,25 @@ def test_supersede_moves_a_run_made_with_another_spec(tmp_path, monkeypatch):
     run = Path("runs/math/tiny/tre_k/seed0")
     stamp = Path("logs/train/x/spec.json")
     run.mkdir(parents=True)
-    assert L.supersede_if_changed(run, stamp, '{"top_k": 2}') is None  # first time: just stamps
+    assert supersede_if_changed(run, stamp, '{"top_k": 2}') is None  # first time: just stamps
     (run / "metrics.jsonl").write_text("{}\n")
-    assert L.supersede_if_changed(run, stamp, '{"top_k": 2}') is None  # same spec: resume as is
-    moved = L.supersede_if_changed(run, stamp, '{"top_k": 4}')
+    assert supersede_if_changed(run, stamp, '{"top_k": 2}') is None  # same spec: resume as is
+    moved = supersede_if_changed(run, stamp, '{"top_k": 4}')
     assert moved is not None and moved.parts[0] == "runs.superseded" and moved.name.startswith("seed0-")
     assert (moved / "metrics.jsonl").exists() and not run.exists()
     assert json.loads(stamp.read_text()) == {"top_k": 4}
 
 
 def test_attach_only_to_a_live_job_of_the_same_step(tmp_path):
-    spec = L.StepSpec(name="t", log_dir=tmp_path, argv=["sleep", "1"], cluster="slurm")
+    spec = jobs.StepSpec(name="t", log_dir=tmp_path, argv=["sleep", "1"], cluster="slurm")
     base = {"fingerprint": spec.fingerprint(), "cluster": "slurm", "job_id": "77", "state": "submitted"}
-    L.write_record(tmp_path, base)
-    assert L.attach(spec, "slurm", state_of=lambda j: "RUNNING").job_id == "77"
-    assert L.attach(spec, "slurm", state_of=lambda j: "FAILED") is None
-    L.write_record(tmp_path, {**base, "fingerprint": "other"})
-    assert L.attach(spec, "slurm", state_of=lambda j: "RUNNING") is None
-    L.write_record(tmp_path, {**base, "state": "completed"})
-    assert L.attach(spec, "slurm", state_of=lambda j: "RUNNING") is None
-
-
-def test_reward_env_names_are_the_hh_clients():
-    from evaluation.tasks import hh
-
-    assert (L.REWARD_URL_ENV, L.REWARD_TOKEN_ENV) == (hh.URL_ENV, hh.TOKEN_ENV)
+    jobs.write_record(tmp_path, base)
+    assert jobs.attach(spec, "slurm", state_of=lambda j: "RUNNING").job_id == "77"
+    assert jobs.attach(spec, "slurm", state_of=lambda j: "FAILED") is None
+    jobs.write_record(tmp_path, {**base, "fingerprint": "other"})
+    assert jobs.attach(spec, "slurm", state_of=lambda j: "RUNNING") is None
+    jobs.write_record(tmp_path, {**base, "state": "completed"})
+    assert jobs.attach(spec, "slurm", state_of=lambda j: "RUNNING") is None
 
 
 CLIENT = """
@@ -209,7 +205,7 @@ def test_reward_server_and_command_share_a_token_no_file_holds(standin_workdir):
     assert proc.returncode == 0, proc.stderr
     seen = json.loads((standin_workdir / "seen.json").read_text())
     # the server wants the token the command got; the command never sees the launch token itself
-    assert seen == {"token": L.derived_secret(launch_token, "reward-server"), "launch": None, "bare": 401,
+    assert seen == {"token": derived_secret(launch_token, "reward-server"), "launch": None, "bare": 401,
                     "authed": {"rewards": [3.0]}}
     for path in (standin_workdir / "logs").rglob("*"):
         if path.is_file():
@@ -222,7 +218,7 @@ def _rendezvous_in_thread(folder, rank, world, results):
 
     def run():
         try:
-            results[rank] = L.rendezvous(folder, rank, world, "t", timeout_s=30)
+            results[rank] = multinode.rendezvous(folder, rank, world, "t", timeout_s=30)
         except Exception as e:  # noqa: BLE001 - the test inspects it
             results[rank] = e
 
@@ -257,7 +253,7 @@ def test_rendezvous_refuses_connections_without_the_launch_token(tmp_path, monke
     monkeypatch.setenv("TRE_LAUNCH_TOKEN", "c3" * 32)
     stranger: dict = {}
     _rendezvous_in_thread(tmp_path, 1, 2, stranger).join(30)
-    assert isinstance(stranger[1], (L.StepFailed, OSError)), stranger
+    assert isinstance(stranger[1], (StepFailed, OSError)), stranger
     monkeypatch.setenv("TRE_LAUNCH_TOKEN", "b2" * 32)
     _rendezvous_in_thread(tmp_path, 1, 2, results).join(30)
     head.join(30)
@@ -275,20 +271,20 @@ def test_ray_record_is_owner_only_and_holds_no_secret(tmp_path, monkeypatch):
                     "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
                     "s.bind(('', port)); s.listen(); time.sleep(60)\n")
     monkeypatch.setenv("TRE_LAUNCH_TOKEN", "d4" * 32)
-    monkeypatch.setattr(L, "_wait_ray_nodes", lambda *a, **k: None)
-    cmd = L.Command(argv=["true"], cwd=str(tmp_path), ray=True, ray_cmd=[PY, str(fake)], reward_model="m")
-    peers = [{"rank": 0, "ip": L._my_ip()}]
+    monkeypatch.setattr(multinode, "wait_ray_nodes", lambda *a, **k: None)
+    peers = [{"rank": 0, "ip": multinode.my_ip()}]
     procs: list = []
     try:
-        env = cmd._start_ray(tmp_path, 0, 1, peers, {"cpus": 1, "gpus": 0}, procs)
+        env = multinode.start_ray(tmp_path, 0, 1, peers, {"cpus": 1, "gpus": 0}, procs, [PY, str(fake)],
+                                  {"REWARD_SERVER_TOKEN": derived_secret("d4" * 32, "reward-server")})
     finally:
         for proc in procs:
-            L.terminate_group(proc, grace_s=5)
+            terminate_group(proc, grace_s=5)
     record = tmp_path / "ray-0.json"
     assert stat.S_IMODE(record.stat().st_mode) == 0o600
     assert set(json.loads(record.read_text())) == {"port"}  # Ray's token is derived, not stored
-    assert env["RAY_AUTH_TOKEN"] == L.derived_secret("d4" * 32, "ray-0") != "d4" * 32
-    assert env["REWARD_SERVER_TOKEN"] == L.derived_secret("d4" * 32, "reward-server")
+    assert env["RAY_AUTH_TOKEN"] == derived_secret("d4" * 32, "ray-0") != "d4" * 32
+    assert env["REWARD_SERVER_TOKEN"] == derived_secret("d4" * 32, "reward-server")
     assert stat.S_IMODE((tmp_path / "rendezvous-ray-head-0.json").stat().st_mode) == 0o600
 
 
@@ -304,7 +300,7 @@ def test_step_progress_prints_step_i_of_n_throttled(tmp_path):
     run.mkdir(parents=True)
     now = [0.0]
     out = io.StringIO()
-    p = L.StepProgress("train math/tiny/tre_k/seed0", run, every_s=10.0, stream=out, clock=lambda: now[0])
+    p = progress.StepProgress("train math/tiny/tre_k/seed0", run, every_s=10.0, stream=out, clock=lambda: now[0])
     p.poll()  # nothing written yet
     (run / "config.json").write_text(json.dumps({"total_steps": 16}))
     _metric_lines(run / "metrics.jsonl", [0])
@@ -332,11 +328,11 @@ def test_step_progress_prints_step_i_of_n_throttled(tmp_path):
 
 
 def test_step_progress_only_for_steps_with_a_run_dir(tmp_path):
-    spec = L.StepSpec(name="train", log_dir=tmp_path, cwd=str(tmp_path),
+    spec = jobs.StepSpec(name="train", log_dir=tmp_path, cwd=str(tmp_path),
                       argv=[PY, "-m", "tre.backend", "train", "--run-dir", "runs/math/tiny/ppo/seed1", "--seed", "1"])
-    p = L.StepProgress.for_step(spec)
+    p = progress.StepProgress.for_step(spec)
     assert (p.label, p.run_dir) == ("train math/tiny/ppo/seed1", tmp_path / "runs/math/tiny/ppo/seed1")
-    assert L.StepProgress.for_step(L.StepSpec(name="evaluate", log_dir=tmp_path, argv=["x", "evaluate", "runs/a"])) is None
+    assert progress.StepProgress.for_step(jobs.StepSpec(name="evaluate", log_dir=tmp_path, argv=["x", "evaluate", "runs/a"])) is None
 
 
 def test_training_progress_reaches_the_driving_terminal_not_only_the_log(tmp_path):
@@ -347,7 +343,7 @@ def test_training_progress_reaches_the_driving_terminal_not_only_the_log(tmp_pat
     proc = subprocess.run([PY, "-m", "workflow.launcher", "run", "--name", "train", "--log-dir", "logs/train/x",
                            "--cluster", "local", "--", "bash", "-c", step, "_", "--run-dir", "runs/math/tiny/tre_k/seed0"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120, pass_fds=(w,),
-                          env={**os.environ, L.PROGRESS_FD_ENV: str(w)})
+                          env={**os.environ, progress.PROGRESS_FD_ENV: str(w)})
     os.close(w)
     with os.fdopen(r) as f:
         terminal = f.read().splitlines()

@@ -1,4 +1,4 @@
-"""Against the real local Slurm (workflow/slurm/cluster.sh): the pipeline, arrays, failures, time limits with
+"""Against the real local Slurm (workflow/slurm/cluster.sh): the pipeline, failures, time limits with
 checkpoint + requeue, re-attaching after the driver died, and a 2-node fake-GPU allocation."""
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from workflow import launcher as L
+from workflow.launcher.cluster import Resources
+from workflow.launcher.jobs import StepSpec, launch, read_record
 
 pytestmark = pytest.mark.slurm
 PY = sys.executable
@@ -49,17 +50,6 @@ def test_tiny_pipeline_end_to_end_through_slurm(slurm_cluster, standin_workdir, 
     assert (work / "results/figures/curves.pdf").exists()
 
 
-def test_job_array(slurm_cluster, tmp_path):
-    cmds = [["bash", "-c", f"echo $SLURM_ARRAY_TASK_ID > out{i}.txt"] for i in range(4)]
-    out = L.launch_array("arr", tmp_path / "logs", cmds, resources=L.Resources(timeout_min=2, mem_gb=0.5),
-                         cluster="slurm", cwd=str(tmp_path))
-    ids = [o["job_id"] for o in out]
-    array_id = ids[0].split("_")[0]
-    assert ids == [f"{array_id}_{i}" for i in range(4)]  # one sbatch --array, tasks 0..3
-    assert [(tmp_path / f"out{i}.txt").read_text() for i in range(4)] == [f"{i}\n" for i in range(4)]
-    assert all(o["state"] == "completed" for o in out)
-
-
 def test_failing_job_is_reported_failed_with_its_log(slurm_cluster, tmp_path):
     proc = subprocess.run([PY, "-m", "workflow.launcher", "run", "--name", "fail", "--log-dir", "logs/fail",
                            "--cluster", "slurm", "--resources", '{"timeout_min": 2, "mem_gb": 0.5}', "--",
@@ -88,19 +78,19 @@ def test_time_limit_signal_checkpoints_requeues_and_finishes_like_an_uninterrupt
     assert ref.returncode == 0, ref.stderr
     expected = json.loads((tmp_path / "ref" / "result.json").read_text())
     res = {"timeout_min": 5, "signal_delay_s": 45, "mem_gb": 0.5, "max_requeue": 2}
-    spec = L.StepSpec(name="ckpt", log_dir=tmp_path / "logs", cluster="slurm", cwd=str(tmp_path),
-                      resources=L.Resources.from_mapping(res), checkpointable=True, term_grace_s=20,
+    spec = StepSpec(name="ckpt", log_dir=tmp_path / "logs", cluster="slurm", cwd=str(tmp_path),
+                      resources=Resources.from_mapping(res), checkpointable=True, term_grace_s=20,
                       argv=[PY, str(COUNTER), "--steps", str(steps), "--state", str(tmp_path / "run"),
                             "--sleep", "0.5"])
     outcome: dict = {}
-    driver = threading.Thread(target=lambda: outcome.update(rec=L.launch(spec)), daemon=True)
+    driver = threading.Thread(target=lambda: outcome.update(rec=launch(spec)), daemon=True)
     driver.start()
     ckpt = tmp_path / "run" / "checkpoint.json"
     deadline = time.monotonic() + 120
     while not (ckpt.exists() and json.loads(ckpt.read_text())["step"] >= 4):
         assert time.monotonic() < deadline and driver.is_alive(), "the step made no progress"
         time.sleep(0.2)
-    job_id = str(L.read_record(spec.log_dir)["job_id"])
+    job_id = str(read_record(spec.log_dir)["job_id"])
     subprocess.run(["scancel", "--signal=USR2", "--full", job_id], check=True, timeout=30)
     driver.join(timeout=240)
     assert "rec" in outcome, "the launcher did not finish"
@@ -134,11 +124,11 @@ def test_rerun_after_the_driver_died_reattaches_instead_of_resubmitting(slurm_cl
 
 
 def test_two_node_fake_gpu_allocation_ranks_see_each_other(slurm_cluster, tmp_path):
-    res = L.Resources(nodes=2, tasks_per_node=1, gpus_per_node=1, timeout_min=2, mem_gb=0.5)
-    spec = L.StepSpec(name="2node", log_dir=tmp_path / "logs", cluster="slurm", cwd=str(tmp_path), resources=res,
+    res = Resources(nodes=2, tasks_per_node=1, gpus_per_node=1, timeout_min=2, mem_gb=0.5)
+    spec = StepSpec(name="2node", log_dir=tmp_path / "logs", cluster="slurm", cwd=str(tmp_path), resources=res,
                       argv=["bash", "-c", "echo $WORLD_SIZE $NODE_RANK $MASTER_ADDR $SLURM_JOB_NUM_NODES "
                                           "$SLURM_GPUS_ON_NODE > env.txt"])
-    rec = L.launch(spec)
+    rec = launch(spec)
     assert len(rec["results"]) == 2
     peers = rec["results"][0]["peers"]
     assert rec["results"][1]["peers"] == peers  # both ranks got the same table over TCP
@@ -158,10 +148,10 @@ json.dump({"nodes": len(alive), "gpus": ray.cluster_resources().get("GPU", 0)}, 
 def test_two_node_ray_cluster_head_and_worker(slurm_cluster, tmp_path):
     """--ray: a Ray head on rank 0, a worker on rank 1 of one allocation; the command on the head sees both."""
     (tmp_path / "check_ray.py").write_text(RAY_CHECK)
-    res = L.Resources(nodes=2, tasks_per_node=1, gpus_per_node=1, timeout_min=6, mem_gb=3)
-    spec = L.StepSpec(name="ray2", log_dir=tmp_path / "logs", cluster="slurm", cwd=str(tmp_path), resources=res,
+    res = Resources(nodes=2, tasks_per_node=1, gpus_per_node=1, timeout_min=6, mem_gb=3)
+    spec = StepSpec(name="ray2", log_dir=tmp_path / "logs", cluster="slurm", cwd=str(tmp_path), resources=res,
                       ray=True, argv=[PY, "check_ray.py"])
-    rec = L.launch(spec)
+    rec = launch(spec)
     assert json.loads((tmp_path / "ray.json").read_text()) == {"nodes": 2, "gpus": 2.0}
     # the Ray processes of the job are gone with it (each `ray start --block` group was stopped)
     port = json.loads((tmp_path / "logs" / str(rec["job_id"]) / "ray-0.json").read_text())["port"]

@@ -298,3 +298,66 @@ def config_record(spec, method, overrides: list[str], resolved: Mapping[str, Any
         "device": device_string(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# ------------------------------------------------------------------------- following and superseding a run
+
+
+def planned_steps(run_dir: str | os.PathLike) -> Optional[int]:
+    """config.json's total_steps (the planned steps, for "step i/N"), or None when unset or not readable yet."""
+    try:
+        total = json.loads((Path(run_dir) / CONFIG).read_text()).get("total_steps")
+        return int(total) if total else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+class MetricsTail:
+    """The latest step of a growing metrics.jsonl, reading only the bytes appended since the last call.
+
+    A torn last line is read again next time, whole. A file rewritten shorter (a resumed run truncated to its
+    checkpoint) is read again from the start, and `rewound` says so until the next call."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / METRICS
+        self.offset, self.step, self.rewound = 0, 0, False
+
+    def latest_step(self) -> int:
+        """The largest step of the complete lines so far (0 before any)."""
+        self.rewound = False
+        try:
+            size = self.path.stat().st_size
+            if size < self.offset:
+                self.offset, self.step, self.rewound = 0, 0, True
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read(size - self.offset)
+        except OSError:
+            return self.step
+        done = chunk.rfind(b"\n") + 1
+        self.offset += done
+        for line in chunk[:done].splitlines():
+            try:
+                self.step = max(self.step, int(json.loads(line).get("step", 0)))
+            except (ValueError, TypeError, AttributeError):
+                continue
+        return self.step
+
+
+def supersede_if_changed(run_dir: Path, stamp: Path, spec_json: str) -> Optional[Path]:
+    """If run_dir was made with a different spec than spec_json, move it aside (never delete) and return where.
+
+    Snakemake reruns a training step when its parameters change; the old run dir would otherwise be resumed
+    from its checkpoints by the new run. `stamp` (outside the run dir) records the spec the run dir was made with."""
+    new = json.loads(spec_json)
+    moved = None
+    old = json.loads(stamp.read_text()) if stamp.exists() else None
+    if old is not None and old != new and run_dir.exists():
+        # outside runs/: whatever collects runs/ must not pick the old run up
+        parts = run_dir.parts
+        base = Path(f"{parts[0]}.superseded", *parts[1:]) if len(parts) > 1 else Path(f"{run_dir}.superseded")
+        moved = base.with_name(f"{base.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(run_dir, moved)
+    atomic_write_text(stamp, json.dumps(new, indent=2, sort_keys=True) + "\n")
+    return moved
