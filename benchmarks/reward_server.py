@@ -79,37 +79,26 @@ def _vm(pid: int, field: str) -> float:
     raise KeyError(field)
 
 
-def long_string(model: str, mib: int) -> dict:
+def long_string(model: str, mib: int, log_path: Path) -> dict:
     """Seconds and server peak RSS for one pair with an `mib` MiB response, then for that pair cut to 64k chars."""
-    import subprocess
+    from evaluation.reward_model.lifecycle import ServerNotReady, running_server
 
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "evaluation.reward_model", "serve", "--model", model, "--port",
-                             str(port), "--log-level", "warning", "--max-body-mb", "64"])
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not come up")
-                time.sleep(0.2)
-        text = ("All work and no play makes Jack a dull boy. " * (mib * 1024 * 1024 // 44 + 1))[: mib * 1024 * 1024]
-        out = {"idle_rss_gib": round(_vm(proc.pid, "VmRSS"), 3)}
-        with httpx.Client(timeout=600) as client:
-            for name, response in (("cut_64k", text[:65536]), (f"{mib}MiB", text), ("cut_64k_again", text[:65536])):
-                started = time.perf_counter()
-                reply = client.post(f"{url}/predict", json={"prompts": ["Summarise this."], "responses": [response]})
-                reply.raise_for_status()
-                out[name] = {"seconds": round(time.perf_counter() - started, 3), "reward": reply.json()["rewards"][0],
-                             "peak_rss_gib": round(_vm(proc.pid, "VmHWM"), 3)}
-        return out
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        with running_server(model, log_path, args=["--log-level", "warning", "--max-body-mb", "64"],
+                            ready_timeout_s=300) as running:
+            pid = running.proc.pid
+            text = ("All work and no play makes Jack a dull boy. " * (mib * 1024 * 1024 // 44 + 1))[: mib * 1024 * 1024]
+            out = {"idle_rss_gib": round(_vm(pid, "VmRSS"), 3)}
+            with httpx.Client(timeout=600) as client:
+                for name, response in (("cut_64k", text[:65536]), (f"{mib}MiB", text), ("cut_64k_again", text[:65536])):
+                    started = time.perf_counter()
+                    reply = client.post(running.url, json={"prompts": ["Summarise this."], "responses": [response]})
+                    reply.raise_for_status()
+                    out[name] = {"seconds": round(time.perf_counter() - started, 3), "reward": reply.json()["rewards"][0],
+                                 "peak_rss_gib": round(_vm(pid, "VmHWM"), 3)}
+            return out
+    except ServerNotReady as e:
+        raise SystemExit(f"the server did not come up: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 from miniature.tiny_model import build
 
                 model = str(build(Path(tmp) / "rm", vocab_size=8192, seed=0, kind="reward"))
-            result = long_string(model, args.long_mib)
+            result = long_string(model, args.long_mib, Path(tmp) / "serve.log")
         print(json.dumps(result, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -118,7 +118,7 @@ def _tmp_ray_dirs() -> set[str]:
 
 def _killed_preempted_resumed(run_dir: Path, model: Path, data: Path) -> dict:
     """ppo as the reference, but: SIGKILL to the process group once the step-1 checkpoint exists; rerun; SIGTERM to
-    the process group (the launcher's terminate_group) once its verl workers exist; rerun to the end;
+    the process group (terminate_group, as the launcher stops a step) once its verl workers exist; rerun to the end;
     then, with summary.json removed, rerun once more."""
     cmd = _cmd("ppo", run_dir, model, data, *PPO_REFERENCE)
     marker = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
