@@ -338,12 +338,12 @@ def step_resources(config: Mapping[str, Any], step: str, size: str) -> dict[str,
     return res
 
 
-def check_resources(resources: Any, where: str = "resources", config_dir: Path = CONFIG_DIR) -> None:
+def check_resources(resources: Any) -> None:
     """Check one step's resources against the schema's resources entry; raise ConfigError (one line) if bad."""
-    schema = load_yaml(config_dir / "schema.yaml")
+    schema = load_yaml(CONFIG_DIR / "schema.yaml")
     bad = _schema_error(resources, {"$defs": schema["$defs"], "$ref": "#/$defs/resources"})
     if bad:
-        raise ConfigError(f"{_path_str([where, *bad[0]])}: {bad[1]}")
+        raise ConfigError(f"{_path_str(['resources', *bad[0]])}: {bad[1]}")
 
 
 # ------------------------------------------------------------------------------------------ commands

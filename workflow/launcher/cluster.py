@@ -40,10 +40,10 @@ class Resources:
     additional: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], where: str = "resources") -> "Resources":
+    def from_mapping(cls, data: Mapping[str, Any]) -> "Resources":
         """Build from a config mapping; one that the config schema refuses raises LaunchError naming the key."""
         try:
-            check_resources(data, where)
+            check_resources(data)
         except ConfigError as e:
             raise LaunchError(str(e)) from None
         return cls(**{**data, "mem_gb": float(data.get("mem_gb", cls.mem_gb)), "setup": tuple(data.get("setup", ())),
