@@ -1,4 +1,5 @@
 # Helpers shared by the rules: the grid lookups and how many local cores a launcher rule holds.
+from workflow.launcher.progress import PROGRESS_FD_ENV
 
 
 def run_of(wc):
@@ -21,7 +22,7 @@ def model_inputs(*paths):
 def shell_logged(cmd, log):
     """Run a built command line from a `run:` block with its output to log (braces in it are not placeholders).
 
-    fd 3 stays on Snakemake's terminal: the launcher prints its jobs' progress lines there (TRE_PROGRESS_FD).
+    fd 3 stays on Snakemake's terminal: the launcher prints its jobs' progress lines there (PROGRESS_FD_ENV).
     """
-    full = f"TRE_PROGRESS_FD=3 {cmd} 3>&2 > {shlex.quote(str(log))} 2>&1"
+    full = f"{PROGRESS_FD_ENV}=3 {cmd} 3>&2 > {shlex.quote(str(log))} 2>&1"
     shell(full.replace("{", "{{").replace("}", "}}"))
