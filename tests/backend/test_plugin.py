@@ -267,6 +267,8 @@ def test_policy_losses_are_registered_with_verl():
         assert name in POLICY_LOSS_REGISTRY
     assert POLICY_LOSS_REGISTRY["tre_forking_tokens"] is plugin._forking_from_state
     assert POLICY_LOSS_REGISTRY["tre_kl_cov_fork"] is baselines.POLICY_LOSSES["tre_kl_cov_fork"]
+    for name in ("kl_cov", "clip_cov"):  # the upstream variants run verl's own losses
+        assert POLICY_LOSS_REGISTRY[name].__module__ == "verl.trainer.ppo.core_algos"
 
 
 def test_bound_entropy_is_tre_with_grad_and_verls_without():

@@ -287,9 +287,7 @@ def _install() -> None:
 
     cls.__init__, cls._forward_micro_batch, cls.update_policy = __init__, _forward_micro_batch, update_policy
 
-    for name, fn in POLICY_LOSSES.items():
-        if getattr(core_algos.POLICY_LOSS_REGISTRY.get(name), "__module__", None) == core_algos.__name__:
-            raise RuntimeError(f"policy loss {name!r}: verl registers a loss of that name")
+    for name, fn in POLICY_LOSSES.items():  # tre_-prefixed (baselines.methods.LOSS_PREFIX): none replaces verl's
         core_algos.register_policy_loss(name)(_forking_from_state if name == FORKING_TOKENS_LOSS else fn)
     _PATCHED = True
 
