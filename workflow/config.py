@@ -286,11 +286,6 @@ def artefact_outputs(name: str) -> list[str]:
     return [f"results/figures/{name}.{ext}" for ext in ("pdf", "png")]
 
 
-def needs_reward_model(config: Mapping[str, Any]) -> list[str]:
-    """Sizes whose HH runs need a trained reward model."""
-    return list(config["sizes"]) if "hh" in config["tasks"] else []
-
-
 def warm_start_tasks(config: Mapping[str, Any]) -> list[str]:
     """The grid's tasks whose demonstrations the warm start learns from (those with a solver or worked solutions)."""
     return [t for t in config["tasks"] if t in WARM_START_TASKS]

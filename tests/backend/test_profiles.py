@@ -79,8 +79,8 @@ def test_paper_profile_matches_the_authors_script(row, tmp_path):
     assert got["trainer.default_local_dir"] == str(tmp_path / "run" / "checkpoints")
     assert got["data.seed"] == "3"
     # The authors' extra keys, expressed through the registry's policy losses and our entropy keys.
-    # dual_clip: the authors' PPO loss without verl 0.4.1's log-ratio clamp (docs/fidelity.md, "Losses")
-    loss_mode = {"forking_tokens": "forking_tokens", "kl_cov": "kl_cov_fork"}.get(method, "dual_clip")
+    # tre_dual_clip: the authors' PPO loss without verl 0.4.1's log-ratio clamp (docs/fidelity.md, "Losses")
+    loss_mode = {"forking_tokens": "tre_forking_tokens", "kl_cov": "tre_kl_cov_fork"}.get(method, "tre_dual_clip")
     assert got[f"{a}.policy_loss.loss_mode"] == loss_mode
     assert got[f"{a}.tre_entropy"] == {"tre_k": "tre_k", "tre_p": "tre_p", "entropy": "full"}.get(method, "none")
     if method == "forking_tokens":
@@ -103,7 +103,7 @@ def test_keys_verl_lacks_get_a_plus_and_the_list_composes():
     assert "actor_rollout_ref.actor.entropy_coeff=0.001" in items  # verl has this key: no '+'
     resolved = resolve(compose(items))
     assert resolved["actor_rollout_ref"]["actor"]["entropy_top_p"] == 0.99
-    assert resolved["actor_rollout_ref"]["actor"]["policy_loss"]["loss_mode"] == "dual_clip"
+    assert resolved["actor_rollout_ref"]["actor"]["policy_loss"]["loss_mode"] == "tre_dual_clip"
     assert resolved["actor_rollout_ref"]["ref"]["log_prob_micro_batch_size_per_gpu"] == 4
     assert resolved["actor_rollout_ref"]["model"]["external_lib"] == "tre.backend.plugin"
     assert resolved["actor_rollout_ref"]["actor"]["checkpoint"]["save_contents"] == ["model", "optimizer", "extra", "hf_model"]

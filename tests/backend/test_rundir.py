@@ -90,7 +90,7 @@ def test_config_record_holds_the_entropy_coefficient_verl_applied():
     assert resolved["actor_rollout_ref"]["actor"]["entropy_coeff"] == 0.3
     assert rec["method_spec"]["entropy_coeff"] == 0.3 and rec["method_registry"] == {"entropy_coeff": 0.001}
     assert {k: rec["method_spec"][k] for k in ("name", "entropy", "policy_loss")} == {"name": "entropy", "entropy": "full",
-                                                                                     "policy_loss": "dual_clip"}
+                                                                                     "policy_loss": "tre_dual_clip"}
     # without an override the record is the registry's method, and nothing is marked as replaced
     plain = RunSpec("math", "tiny", "tre_p", profile="tiny", model_path="m")
     items = overrides(plain)
