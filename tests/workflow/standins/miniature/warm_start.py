@@ -1,8 +1,18 @@
-"""Stand-in: python -m miniature.warm_start --model DIR --data PARQUET... --out DIR ..."""
+"""Stand-in: `python -m miniature.warm_start --model DIR --data PARQUET... --out DIR ...`, its argv parsed and its
+--out checked by the real CLI; writes the model directory's config.json and the real warm-start record file."""
+import json
 import sys
 
-from _standin import arg, record, write
+from _standin import real_module, record
 
 record("warm_start")
-data = sys.argv[sys.argv.index("--data") + 1:sys.argv.index("--out")]
-write(f"{arg('--out')}/config.json", '{"model_type": "qwen2", "warm_start_data": %d}\n' % len(data))
+real = real_module("miniature.warm_start")
+args = real.parse_args()
+try:
+    real.check_out(args.out)
+except real.WarmStartError as exc:
+    print(f"error: {exc}", file=sys.stderr)  # as the real CLI
+    sys.exit(2)
+args.out.mkdir(parents=True, exist_ok=True)
+(args.out / "config.json").write_text('{"model_type": "qwen2"}\n')
+(args.out / real.RECORD).write_text(json.dumps({"base": str(args.model), "data": [str(p) for p in args.data]}) + "\n")
