@@ -40,6 +40,7 @@ def test_every_argv_the_rules_build_parses_with_the_real_parser(user, tmp_path, 
 
 BAD = [
     ["tre.backend", "train", "--task", "countdown", "--size", "tiny", "--method", "ppo", "--bogus"],
+    ["tre.backend", "train", "--task", "countdown", "--size", "1.5b", "--method", "ppo", "actor_rollout_ref.actor.bogus=1"],
     ["evaluation", "evaluate", "runs/countdown/tiny/ppo/seed0", "--n", "4", "--bogus"],
     ["evaluation", "evaluate", "runs/countdown/tiny/ppo/seed0", "--n", "0"],
     ["evaluation.reward_model", "train", "--base", "b", "--data", "d", "--out", "o", "--bogus"],
@@ -52,7 +53,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("argv", BAD, ids=lambda a: " ".join(a[:2]))
+@pytest.mark.parametrize("argv", BAD, ids=lambda a: " ".join(a[:2]) + " " + a[-1])
 def test_a_standin_rejects_a_bad_argv_as_the_real_cli_does(argv, standin_workdir):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     standin = subprocess.run([sys.executable, "-m", *argv], cwd=standin_workdir, env=env, capture_output=True,
