@@ -11,7 +11,8 @@ from common.argtypes import Parser
 from tre.backend.profiles import PROFILES, SIZES, TASKS, WANDB_MODES, RunSpec, SpecError
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m tre.backend` argument parser."""
     parser = Parser(prog="python -m tre.backend", description="verl PPO runs with TRE and the baselines")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", "run one PPO experiment and write its run directory"),
@@ -46,7 +47,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # verl 0.4.1 imports pkg_resources; keep `overrides` output (and errors) free of that warning.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     try:
-        args = _build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (2) and --help (0) as return codes, for callers of main()
         return int(exc.code or 0)
     try:
