@@ -46,11 +46,10 @@ class Size:
 
 
 def _by_name(kind: str, *entries):
-    names = [e.name for e in entries]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"{kind}: duplicate names {dupes}")
-    return MappingProxyType({e.name: e for e in entries})
+    table = {e.name: e for e in entries}
+    if len(table) != len(entries):
+        raise ValueError(f"{kind}: a name is given twice: {[e.name for e in entries]}")
+    return MappingProxyType(table)
 
 
 # The paper's order: the figures' rows and the tables' columns follow it.
