@@ -31,9 +31,10 @@ from typing import Optional
 
 import torch
 
-__all__ = ["trust_region_entropy", "trust_region_stats", "DEFAULT_MAX_CANDIDATES"]
+from tre.grid import TRE_MAX_CANDIDATES, TRE_TOP_K, TRE_TOP_P  # the paper's K, p and TRE-P candidate cap
 
-DEFAULT_MAX_CANDIDATES = 256  # the authors' hard-coded cap on the TRE-P candidate list
+__all__ = ["trust_region_entropy", "trust_region_stats"]
+
 # Elements of fp32 scratch allowed per block when a mode must touch the whole vocabulary (logsumexp for
 # TRE-P's mass, full entropy, K == 1). Bounds the transient memory of an unchunked call as well.
 _BLOCK_ELEMS = 1 << 22
@@ -328,7 +329,7 @@ def trust_region_entropy(
     *,
     top_k: Optional[int] = None,
     top_p: Optional[float] = None,
-    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    max_candidates: int = TRE_MAX_CANDIDATES,
     chunk_size: Optional[int] = None,
 ) -> torch.Tensor:
     """Per-position (trust-region) entropy of `logits` (..., V): fp32, shape logits.shape[:-1], differentiable."""
@@ -344,7 +345,7 @@ def trust_region_entropy(
 
 @torch.no_grad()
 def trust_region_stats(
-    logits: torch.Tensor, *, top_k: int = 2, top_p: float = 0.99, max_candidates: int = DEFAULT_MAX_CANDIDATES
+    logits: torch.Tensor, *, top_k: int = TRE_TOP_K, top_p: float = TRE_TOP_P, max_candidates: int = TRE_MAX_CANDIDATES
 ) -> dict[str, torch.Tensor]:
     """Per-row trust-region statistics of logits (N, V) from one top-k and one logsumexp pass (no grad).
 

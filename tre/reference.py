@@ -11,11 +11,11 @@ from typing import Optional
 
 import torch
 
-from tre.kernel import DEFAULT_MAX_CANDIDATES
+from tre.grid import TRE_MAX_CANDIDATES
 
 
 def authors_entropy(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                    max_candidates: int = DEFAULT_MAX_CANDIDATES) -> torch.Tensor:
+                    max_candidates: int = TRE_MAX_CANDIDATES) -> torch.Tensor:
     """Float64 per-position entropy of logits (..., V) as the authors define it: full, TRE-K or TRE-P; autograd-able."""
     z = logits.double()
     vocab = z.shape[-1]

@@ -127,6 +127,25 @@ def test_tiny_profile_is_cpu_ready(tmp_path):
     assert got["actor_rollout_ref.model.path"] == str(tmp_path)
 
 
+def test_tiny_profile_is_the_miniature(tmp_path):
+    """`train --size tiny` is the CPU miniature's run: its batch, steps, arithmetic budget and entropy coefficients."""
+    def run(task, method):
+        return override_map(overrides(RunSpec(task, "tiny", method, profile="tiny", model_path=str(tmp_path))))
+
+    got = run("math", "tre_k")
+    assert {k: got[k] for k in ("data.train_batch_size", "actor_rollout_ref.rollout.n", "trainer.total_training_steps",
+                                "trainer.test_freq", "trainer.save_freq", "data.max_prompt_length",
+                                "data.max_response_length")} == {
+        "data.train_batch_size": "8", "actor_rollout_ref.rollout.n": "4", "trainer.total_training_steps": "16",
+        "trainer.test_freq": "4", "trainer.save_freq": "16", "data.max_prompt_length": "72", "data.max_response_length": "20"}
+    coeff = "actor_rollout_ref.actor.entropy_coeff"
+    assert [run("math", m)[coeff] for m in ("entropy", "tre_k", "tre_p", "ppo", "forking_tokens")] == ["0.3", "0.03", "0.03", "0", "0"]
+    assert (run("countdown", "ppo")["data.max_prompt_length"], run("countdown", "ppo")["data.max_response_length"]) == ("256", "32")
+    # a user override still wins over the profile's coefficient
+    user = overrides(RunSpec("math", "tiny", "entropy", profile="tiny", model_path=str(tmp_path), extra=(f"{coeff}=0.5",)))
+    assert override_map(user)[coeff] == "0.5" and sum(i.split("=")[0] == coeff for i in user) == 1
+
+
 @pytest.mark.parametrize("spec, field", [
     (RunSpec("gsm8k", "1.5b", "ppo"), "task"),
     (RunSpec("math", "3b", "ppo"), "size"),

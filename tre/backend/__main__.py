@@ -8,7 +8,8 @@ import warnings
 from typing import Optional
 
 from common.argtypes import Parser
-from tre.backend.profiles import PROFILES, SIZES, TASKS, WANDB_MODES, RunSpec, SpecError
+from tre.backend.profiles import PROFILES, WANDB_MODES, RunSpec, SpecError
+from tre.grid import METHODS, SIZES, TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
         p.add_argument("--size", required=True, help=f"one of {', '.join(SIZES)}")
-        p.add_argument("--method", required=True, help="a baselines.METHODS name (ppo, entropy, kl_cov, forking_tokens, tre_k, tre_p, ...)")
+        p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} (default: tiny for size tiny, else paper)")
         p.add_argument("--run-dir", default=None, help="default runs/<task>/<size>/<method>/seed<N>")

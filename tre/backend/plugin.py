@@ -17,7 +17,7 @@ reference policy is never touched):
   * `use_fused_kernels=True` is refused for TRE and Forking (fused kernels never expose the logits).
 
 Actor config keys (Hydra `+actor_rollout_ref.actor.<key>`): tre_entropy (none|full|tre_k|tre_p), entropy_top_k,
-entropy_top_p, entropy_max_candidates (256), tre_diagnostics (bool); Forking reads policy_loss.forking_top_ratio
+entropy_top_p, entropy_max_candidates (default tre.grid.TRE_MAX_CANDIDATES), tre_diagnostics (bool); Forking reads policy_loss.forking_top_ratio
 and policy_loss.forking_scope (micro_batch|batch).
 """
 
@@ -35,11 +35,9 @@ from baselines import POLICY_LOSSES, aggregated_entropy, forking_mask
 from baselines.forking_tokens import SCOPES as FORKING_SCOPES
 from baselines.common import cfg
 from baselines.methods import ENTROPY_KINDS, FORKING_TOKENS_LOSS
+from tre.grid import TRE_MAX_CANDIDATES, TRE_TOP_K, TRE_TOP_P
 from tre.kernel import trust_region_entropy, trust_region_stats
 
-DIAG_TOP_K = 2
-DIAG_TOP_P = 0.99
-DIAG_MAX_CANDIDATES = 256
 _DIAG_BLOCK_ELEMS = 1 << 25  # fp32 elements of scratch per diagnostics block (128 MiB)
 
 
@@ -54,7 +52,7 @@ class ActorSpec:
     entropy: str = "none"  # which entropy the update's bonus uses
     top_k: Optional[int] = None
     top_p: Optional[float] = None
-    max_candidates: int = DIAG_MAX_CANDIDATES
+    max_candidates: int = TRE_MAX_CANDIDATES
     forking: bool = False  # the policy loss needs per-token entropies of the current policy
     diagnostics: bool = False
     forking_scope: str = "micro_batch"  # which tokens compete for the top-entropy share: micro_batch | batch
@@ -84,7 +82,7 @@ def actor_spec(config: Any) -> ActorSpec:
         raise PluginConfigError(f"actor.entropy_top_p: tre_entropy=tre_p needs a number in (0, 1) and no entropy_top_k, got top_p={top_p!r}, top_k={top_k!r}")
     if kind in ("none", "full") and (top_k is not None or top_p is not None):
         raise PluginConfigError(f"actor.tre_entropy: entropy_top_k/entropy_top_p are set but tre_entropy={kind!r}; allowed with them: tre_k, tre_p")
-    max_cand = cfg(config, "entropy_max_candidates", DIAG_MAX_CANDIDATES)
+    max_cand = cfg(config, "entropy_max_candidates", TRE_MAX_CANDIDATES)
     if isinstance(max_cand, bool) or not isinstance(max_cand, int) or max_cand < 1:
         raise PluginConfigError(f"actor.entropy_max_candidates: must be an integer >= 1, got {max_cand!r}")
     loss_mode = cfg(config, "policy_loss.loss_mode", "vanilla")
@@ -128,7 +126,8 @@ DIAG_KEYS = {"actor/top1_prob_sum": "top1_prob", "actor/tre_k_entropy": "tre_k_e
 
 def _diag_sums(x: torch.Tensor) -> torch.Tensor:
     """Per-metric sums over the rows of x (n, V), in DIAG_KEYS order."""
-    stats = trust_region_stats(x, top_k=min(DIAG_TOP_K, x.shape[-1]), top_p=DIAG_TOP_P, max_candidates=DIAG_MAX_CANDIDATES)
+    # The diagnostics watch the paper's trust regions (K, p, cap), whatever the run's own method
+    stats = trust_region_stats(x, top_k=min(TRE_TOP_K, x.shape[-1]), top_p=TRE_TOP_P, max_candidates=TRE_MAX_CANDIDATES)
     return torch.stack([stats[key].sum() for key in DIAG_KEYS.values()])
 
 
