@@ -6,9 +6,12 @@ workflow/rules/. Heavy steps go through workflow/launcher/ (submitit), light one
 """
 import json
 import os
+import re
 import shlex
 import sys
 
+from figures import ARTEFACTS
+from tre.grid import METHODS, SIZES, TASKS
 from workflow import config as wfc
 from workflow.launcher.cluster import resolve_cluster
 
@@ -29,12 +32,17 @@ sys.stderr.write(
 )
 
 
+def one_of(names):
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(map(re.escape, names))
+
+
 wildcard_constraints:
-    task="math|countdown|hh",
-    size=r"tiny|1\.5b|7b",
-    method="[a-z0-9_]+",
+    task=one_of(TASKS),
+    size=one_of(SIZES),
+    method=one_of(METHODS),
     seed=r"\d+",
-    name="[a-z0-9_]+",
+    name=one_of(ARTEFACTS),
 
 
 rule all:

@@ -1,7 +1,8 @@
 """Exploration methods for PPO: policy losses (pure torch, verl's signature) and the METHODS registry.
 
-Adding a baseline = one module here defining its loss with `@policy_loss("name")` (listed in
-`baselines.methods._LOSS_MODULES`) and one `Method(...)` entry in `baselines/methods.py`.
+Adding a baseline = one module here defining its loss with `@policy_loss("tre_name")` (listed in
+`baselines.methods._LOSS_MODULES`) and one `Method(...)` entry in `baselines/methods.py`. What a method's update
+minimises, in one line: `baselines.objective.ppo_objective`.
 
 The registry names import without torch; the losses and tensor helpers load on first use, so that
 `python -m tre.backend overrides` and the workflow's config check never import torch.
@@ -15,7 +16,7 @@ from baselines.methods import ENTROPY_KINDS, METHODS, PAPER_METHODS, Method, get
 _LAZY = {
     "POLICY_LOSSES": "baselines.methods", "policy_loss": "baselines.methods",
     "LOSS_AGG_MODES": "baselines.common", "agg_loss": "baselines.common", "masked_mean": "baselines.common",
-    "entropy_bonus": "baselines.entropy", "policy_loss_with_entropy": "baselines.entropy",
+    "aggregated_entropy": "baselines.objective", "ppo_objective": "baselines.objective",
     "forking_count": "baselines.forking_tokens", "forking_mask": "baselines.forking_tokens",
     "PPOTerms": "baselines.ppo", "dual_clip_terms": "baselines.ppo",
 }

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from baselines.common import agg_loss, cfg, policy_loss
+from baselines.methods import FORKING_TOKENS_LOSS
 from baselines.ppo import terms_from_config
 
 SCOPES = ("micro_batch", "batch")  # micro_batch: the authors' behaviour (one micro-batch on one GPU)
@@ -35,7 +36,7 @@ def forking_mask(entropy: torch.Tensor, response_mask: torch.Tensor, top_ratio: 
     return out.view_as(entropy)
 
 
-@policy_loss("forking_tokens")
+@policy_loss(FORKING_TOKENS_LOSS)
 def forking_tokens_policy_loss(
     old_log_prob,
     log_prob,

@@ -70,7 +70,7 @@ def terms_from_config(old_log_prob, log_prob, advantages, response_mask, config)
     )
 
 
-@policy_loss("dual_clip")
+@policy_loss("tre_dual_clip")
 def dual_clip_policy_loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="token-mean", config=None):
     """The authors' PPO loss: dual-clip surrogate aggregated with `loss_agg_mode` (verl's, without its clamp)."""
     t = terms_from_config(old_log_prob, log_prob, advantages, response_mask, config)

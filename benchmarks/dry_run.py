@@ -4,7 +4,7 @@ with the tiny grid's dry run and Snakemake's own start-up (`snakemake --version`
     python benchmarks/dry_run.py [--repeats 3]
 
 CPU seconds (user + system of the child) are the figure to read on a shared machine; wall time is printed too.
-The first run of each command warms the method cache (.snakemake/tre-cache) and is not counted.
+The first run of each command warms the file-system cache and is not counted.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> int:
         p.error(f"--repeats: must be >= 1, got {args.repeats}")
     rows = {}
     for name, cmd in COMMANDS.items():
-        timed(cmd)  # warm-up: method cache, file-system cache
+        timed(cmd)  # warm-up: file-system cache
         runs = [timed(cmd) for _ in range(args.repeats)]
         rows[name] = (statistics.median(c for c, _ in runs), statistics.median(w for _, w in runs))
     base_cpu = rows[next(iter(COMMANDS))][0]

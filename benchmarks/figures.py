@@ -24,22 +24,22 @@ from common.argtypes import Parser, int_at_least
 # Run as a script, this file's folder is sys.path[0] and its name would shadow the figures package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 from figures import ARTEFACTS  # noqa: E402
+from tre.grid import PAPER_METHODS, PAPER_SIZES, TASKS  # noqa: E402
 
 TRAIN_METRICS = ("actor/entropy", "actor/top1_prob_sum", "actor/tre_k_entropy", "actor/tre_p_entropy", "actor/tre_p_size",
                  "actor/tail_mass_k", "actor/tail_mass_p", "actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl",
                  "actor/grad_norm", "critic/score/mean", "critic/score/max", "critic/score/min", "critic/vf_loss",
                  "critic/vf_explained_var", "response_length/mean", "response_length/max", "response_length/min",
                  "response_length/clip_ratio", "prompt_length/mean", "timing_s/step", "timing_s/gen", "perf/throughput")
-METHODS = ("ppo", "entropy", "kl_cov", "forking_tokens", "tre_k", "tre_p")
 
 
 def synthetic_runs(root: Path, steps: int, test_freq: int, seed: int = 0) -> int:
     """Write the paper-sized grid of run directories with random metrics; returns the number of runs."""
     rng = random.Random(seed)
     n = 0
-    for task in ("math", "countdown", "hh"):
-        for size in ("1.5b", "7b"):
-            for method in METHODS:
+    for task in TASKS:
+        for size in PAPER_SIZES:
+            for method in PAPER_METHODS:
                 for s in range(3):
                     d = root / task / size / method / f"seed{s}"
                     d.mkdir(parents=True)

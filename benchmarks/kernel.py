@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 from common.argtypes import Parser, int_at_least  # noqa: E402
 from tre import trust_region_entropy  # noqa: E402
+from tre.grid import TRE_MAX_CANDIDATES, TRE_TOP_K, TRE_TOP_P  # noqa: E402
 
 VOCAB = 151936
 METHODS = ("full", "authors_k", "authors_p", "ours_k", "ours_p", "ours_p_chunk", "floor")
@@ -64,8 +65,8 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def authors_tre_p(logits: torch.Tensor, p: float = 0.99, cap: int = 256) -> torch.Tensor:
-    """The authors' TRE-P: softmax over the full vocabulary, top-256 on probabilities, nucleus, renormalise."""
+def authors_tre_p(logits: torch.Tensor, p: float = TRE_TOP_P, cap: int = TRE_MAX_CANDIDATES) -> torch.Tensor:
+    """The authors' TRE-P: softmax over the full vocabulary, top-cap on probabilities, nucleus, renormalise."""
     probs = torch.softmax(_at_least_fp32(logits), dim=-1)
     sorted_probs, sorted_idx = torch.topk(probs, min(cap, logits.shape[-1]), dim=-1)
     keep = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < p
@@ -82,9 +83,9 @@ def candidates(chunk: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         "full": full_entropy,
         "authors_k": authors_tre_k,
         "authors_p": authors_tre_p,
-        "ours_k": lambda z: trust_region_entropy(z, top_k=2),
-        "ours_p": lambda z: trust_region_entropy(z, top_p=0.99),
-        "ours_p_chunk": lambda z: trust_region_entropy(z, top_p=0.99, chunk_size=chunk),
+        "ours_k": lambda z: trust_region_entropy(z, top_k=TRE_TOP_K),
+        "ours_p": lambda z: trust_region_entropy(z, top_p=TRE_TOP_P),
+        "ours_p_chunk": lambda z: trust_region_entropy(z, top_p=TRE_TOP_P, chunk_size=chunk),
     }
 
 
@@ -238,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--vocab", args.vocab), ("--chunk", args.chunk), ("--reps", args.reps), ("--mem-reps", args.mem_reps), ("--check-rows", args.check_rows)):
         if value < 1:
             ap.error(f"{flag}: must be a positive integer, got {value}")
-    if args.vocab < 257:
-        ap.error(f"--vocab: must be at least 257 (the TRE-P cap of 256 plus one), got {args.vocab}")
+    if args.vocab <= TRE_MAX_CANDIDATES:
+        ap.error(f"--vocab: must be at least {TRE_MAX_CANDIDATES + 1} (the TRE-P cap of {TRE_MAX_CANDIDATES} plus one), got {args.vocab}")
 
     fns = candidates(args.chunk)
     device_name = torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"

@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 from common.argtypes import Parser, int_at_least
-
-DEFAULT_METHODS = ("ppo", "entropy", "kl_cov", "forking_tokens", "tre_k", "tre_p")
+from tre.grid import PAPER_METHODS
 
 
 def _actor(model_dir: str, method: str, micro: int, device: str):
@@ -166,7 +165,7 @@ def _full_step_seconds(run_dirs: list[str]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """Run the timing and memory children and print the side-by-side table."""
     p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--methods", default=",".join(PAPER_METHODS))
     p.add_argument("--vocab", default="8192", help="BPE ranks of the tiny model's tokenizer, or 'full' (151,936 logits, Qwen2.5's)")
     p.add_argument("--updates", type=int_at_least(1), default=20, help="timed updates per method (interleaved)")
     p.add_argument("--responses", type=int_at_least(1), default=8)

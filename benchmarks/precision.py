@@ -26,6 +26,7 @@ import math
 import torch
 
 from tre import trust_region_entropy
+from tre.grid import TRE_MAX_CANDIDATES, TRE_TOP_K, TRE_TOP_P
 
 VOCAB = 151936  # Qwen2.5-1.5B's padded output size, the V of the authors' scaling
 
@@ -38,7 +39,7 @@ def authors_entropy(logits: torch.Tensor, top_k=None, top_p=None) -> torch.Tenso
         return (torch.logsumexp(top, dim=-1) - torch.sum(pd * top, dim=-1)) * (math.log(logits.shape[-1]) / math.log(top_k))
     if top_p is not None:
         probs = torch.softmax(logits, dim=-1)
-        top_probs, top_idx = torch.topk(probs, k=min(256, logits.shape[-1]), dim=-1)
+        top_probs, top_idx = torch.topk(probs, k=min(TRE_MAX_CANDIDATES, logits.shape[-1]), dim=-1)
         cumsum = torch.cumsum(top_probs, dim=-1)
         keep = torch.cat([torch.zeros_like(cumsum[..., :1]), cumsum[..., :-1]], dim=-1) < top_p
         keep[..., 0] = True
@@ -81,7 +82,7 @@ def value_and_grad(fn, leaf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def measure(logits: torch.Tensor) -> list[tuple[str, str, float, float, float, float]]:
     """Rows (mode, path, max |dH|, share |dH| > 1e-2, relative grad error, relative error of the mean H)."""
-    modes = {"full": {}, "tre_k (K=2)": {"top_k": 2}, "tre_p (p=0.99)": {"top_p": 0.99}}
+    modes = {"full": {}, f"tre_k (K={TRE_TOP_K})": {"top_k": TRE_TOP_K}, f"tre_p (p={TRE_TOP_P})": {"top_p": TRE_TOP_P}}
     # The fp32 paths get an fp32 leaf holding the bf16 values, so that their gradients are compared before the
     # final rounding to bf16 that the actor's gradient gets on every path alike.
     leaves = {"ref": logits.double(), "fp32": logits.float(), "bf16": logits}

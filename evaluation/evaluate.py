@@ -16,12 +16,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from common.argtypes import output_dir
 from common.files import BadFile, atomic_write_text, read_json_object, read_parquet
+from tre.grid import VALIDATION_TEMPERATURE, VALIDATION_TOP_P
 
-# Validation sampling of the authors (val_kwargs of their scripts; docs/fidelity.md, "Configs"): T = 1.0, top-p 0.7,
-# no top-k (verl's -1 = HF's 0).
-TEMPERATURE = 1.0
-TOP_P = 0.7
-TOP_K = 0
+NO_TOP_K = 0  # HF's "no top-k" (verl's -1): validation samples from the whole nucleus
 LM_EVAL_TASK = "tre_math_local"  # ours: in-process, offline, on the run's own test split
 MINERVA_TASK = "minerva_math500"  # the community's: lm-eval[math] in its own interpreter (antlr 4.11 breaks verl)
 LM_EVAL_TASKS = (LM_EVAL_TASK, MINERVA_TASK)
@@ -196,7 +193,7 @@ def generate(model_dir: str, examples: Sequence[Example], n: int, max_new_tokens
     for i in tqdm(range(0, len(texts), batch_size), desc="generate", unit="batch", disable=None):
         enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.no_grad():
-            gen = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K,
+            gen = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True, temperature=VALIDATION_TEMPERATURE, top_p=VALIDATION_TOP_P, top_k=NO_TOP_K,
                                  max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tok.pad_token_id)
         resp = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         out += [resp[j * n : (j + 1) * n] for j in range(len(resp) // n)]
@@ -366,7 +363,7 @@ def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: st
     result: dict[str, Any] = {
         "task": task, "size": config.get("size"), "method": config.get("method"), "seed": config.get("seed"),
         "step": step, "model": model_dir, "split": split, "data": str(data_path), "n": n, "num_prompts": len(examples),
-        "sampling": {"temperature": TEMPERATURE, "top_p": TOP_P, "top_k": TOP_K, "max_new_tokens": int(max_new_tokens), "seed": seed},
+        "sampling": {"temperature": VALIDATION_TEMPERATURE, "top_p": VALIDATION_TOP_P, "top_k": NO_TOP_K, "max_new_tokens": int(max_new_tokens), "seed": seed},
         "metrics": summarise(scores, binary=task != "hh"),
         "lm_eval": None,
     }

@@ -10,6 +10,7 @@ from typing import Optional
 from common.argtypes import Parser, int_at_least, output_dir
 from figures import ARTEFACTS, artefact
 from figures.common import RESULTS_DIR, ArchiveError, read_json_object
+from tre.grid import TRE_METHODS
 
 COMMANDS = ("list", "collect", "compare", "dists", "all")
 
@@ -108,7 +109,7 @@ def cmd_dists(argv: list[str]) -> int:
     p.add_argument("--task", default="countdown")
     p.add_argument("--size", default="tiny")
     p.add_argument("--seed", type=int, default=0, help="seed of the entropy and TRE runs (with --runs)")
-    p.add_argument("--tre-method", default="tre_p", choices=("tre_k", "tre_p"), help="the TRE variant of the --tre policy")
+    p.add_argument("--tre-method", default="tre_p", choices=TRE_METHODS, help="the TRE variant of the --tre policy")
     p.add_argument("--base", help="pre-trained policy (HF dir); with --entropy and --tre instead of --runs")
     p.add_argument("--entropy", help="policy after PPO + entropy (HF dir)")
     p.add_argument("--tre", help="policy after TRE (HF dir)")

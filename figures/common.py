@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 from common.files import BadFile, atomic_write_bytes, atomic_write_text, read_json_object, read_parquet  # noqa: F401  (the figures' readers and writers)
+from tre.grid import METHODS, PAPER_METHODS, SIZES, TASKS
 
 if TYPE_CHECKING:  # pandas/matplotlib are imported lazily so `python -m figures list` stays instant
     import pandas as pd
@@ -22,25 +23,6 @@ DISTS_FILE = "next_token_dists.csv"
 # deterministic rerun changes.
 PROVENANCE_FILE = "provenance.json"
 RUN_KEY = ("task", "size", "method", "seed")
-# The paper's methods first, in its order; any other method (a new baseline) follows alphabetically.
-METHOD_ORDER = ("ppo", "entropy", "kl_cov", "forking_tokens", "tre_k", "tre_p")
-METHOD_LABELS = {
-    "ppo": "PPO",
-    "entropy": "PPO + entropy",
-    "kl_cov": "KL-Cov",
-    "forking_tokens": "Forking tokens",
-    "tre_k": "TRE-K",
-    "tre_p": "TRE-P",
-}
-TASK_ORDER = ("math", "countdown", "hh")
-SIZE_ORDER = ("tiny", "1.5b", "7b")
-TASK_LABELS = {"math": "MATH", "countdown": "Countdown", "hh": "HH"}
-# What the validation score means per task (the y-axis label of the curves).
-SCORE_LABELS = {
-    "math": "Pass@1 (fraction correct)",
-    "countdown": "Pass@1 (mean reward, 1 = solved)",
-    "hh": "Reward (RM score)",
-}
 
 
 class ArchiveError(Exception):
@@ -48,20 +30,25 @@ class ArchiveError(Exception):
 
 
 def method_label(name: str) -> str:
-    """Display name of a method."""
-    return METHOD_LABELS.get(name, name)
+    """Display name of a method (its registry label; the name itself for one the registry lacks)."""
+    return METHODS[name].label if name in METHODS else name
+
+
+def score_label(task: str) -> str:
+    """What a task's validation score means (the y-axis label of the curves)."""
+    return TASKS[task].score_label if task in TASKS else "score"
 
 
 def panel_title(task: str, size: str) -> str:
     """Title of one task/size panel."""
-    return f"{TASK_LABELS.get(task, task)} · {size}"
+    return f"{TASKS[task].label if task in TASKS else task} · {size}"
 
 
 def order_methods(names: Iterable[str]) -> list[str]:
-    """Methods in the paper's order, then any others alphabetically."""
+    """The paper's methods in its order, then any others (a new baseline) alphabetically."""
     names = set(names)
-    known = [m for m in METHOD_ORDER if m in names]
-    return known + sorted(names - set(METHOD_ORDER))
+    known = [m for m in PAPER_METHODS if m in names]
+    return known + sorted(names - set(PAPER_METHODS))
 
 
 def cells_of(df: "pd.DataFrame") -> list[tuple[str, str]]:
@@ -75,7 +62,7 @@ def panel_grid(cells: Sequence[tuple[str, str]], width: float = 4.2, height: flo
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(t for t, _ in cells))
-    sizes = [s for s in SIZE_ORDER if any(c[1] == s for c in cells)] + sorted({s for _, s in cells} - set(SIZE_ORDER))
+    sizes = [s for s in SIZES if any(c[1] == s for c in cells)] + sorted({s for _, s in cells} - set(SIZES))
     fig, axes = plt.subplots(len(tasks), len(sizes), figsize=(width * len(sizes), height * len(tasks)), squeeze=False)
     grid = {}
     for i, t in enumerate(tasks):
@@ -88,11 +75,12 @@ def panel_grid(cells: Sequence[tuple[str, str]], width: float = 4.2, height: flo
 
 
 def order_cells(cells: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(task, size) pairs in the paper's task order, then size order."""
+    """(task, size) pairs in the grid's task order, then size order (tre.grid), unknown names last."""
+    tasks, sizes = list(TASKS), list(SIZES)
+
     def key(c: tuple[str, str]) -> tuple:
         t, s = c
-        return (TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER), t,
-                SIZE_ORDER.index(s) if s in SIZE_ORDER else len(SIZE_ORDER), s)
+        return (tasks.index(t) if t in tasks else len(tasks), t, sizes.index(s) if s in sizes else len(sizes), s)
     return sorted(set(cells), key=key)
 
 

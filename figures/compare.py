@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Sequence
 
 from figures.collect import SkipRun, find_run_dirs, read_run
 from figures.common import RUN_KEY, RUNS_FILE, read_metrics, method_label, order_cells, order_methods, panel_title, read_table, t_ci95
+from tre.grid import TRE_METHODS
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
 NAME = "compare"
-REFERENCES = ("ppo", "tre_k", "tre_p")
+REFERENCES = ("ppo", *TRE_METHODS)  # a method is compared with plain PPO and with each TRE variant
 COLUMNS = ["task", "size", "method", "stat", "n", "mean", "ci95", "source", "reference", "ref_n", "ref_mean",
            "ref_source", "delta", "delta_ci95", "welch_t", "welch_df", "p_value"]
 SOURCES = ("runs", "archive")  # the `source` column of the merged runs: the --runs directory or the archive

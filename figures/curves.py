@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from figures.common import SCORE_LABELS, cells_of, panel_grid, mean_ci_by_step, method_styles, method_label, order_methods, panel_title, legend_outside, plot_band, save_figure, setup_style, val_curves
+from figures.common import cells_of, panel_grid, mean_ci_by_step, method_styles, method_label, order_methods, panel_title, legend_outside, plot_band, save_figure, score_label, setup_style, val_curves
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,7 +32,7 @@ def draw(val: "pd.DataFrame", highlight: Sequence[str] = ()) -> "Figure":
                 ax.get_lines()[-1].set_linewidth(3.0)
         ax.set_title(panel_title(task, size))
         ax.set_xlabel("Training step")
-        ax.set_ylabel(f"Validation {SCORE_LABELS.get(task, 'score')}")
+        ax.set_ylabel(f"Validation {score_label(task)}")
     fig.tight_layout()
     legend_outside(fig, grid.values())
     return fig

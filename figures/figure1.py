@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import textwrap
 
 from figures.common import DISTS_FILE, ArchiveError, method_label, read_table, save_figure, setup_style
-from figures.next_token import TOP_K, TOP_P
+from tre.grid import METHODS, TRE_METHODS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,15 +33,20 @@ def _text(value) -> str:
     return "" if value is None or value != value else str(value).replace("$", r"\$")
 
 
+def trust_region(method: str) -> str:
+    """The trust region of a TRE method in words: 'top-2' or 'p = 0.99 nucleus'."""
+    m = METHODS[method]
+    return f"p = {m.top_p} nucleus" if m.top_p is not None else f"top-{m.top_k}"
+
+
 def caption(dists: "pd.DataFrame") -> str:
     """The title naming what Figure 1 conditions on: the prompt (and response so far), the runs' seed, the TRE variant."""
     first = dists.iloc[0]
     trained = dists[dists["stage"] != "base"]
     seeds = sorted({int(s) for s in trained.get("seed", []) if s == s and s is not None})
     tre = dists.loc[dists["stage"] == "tre", "method"].dropna().unique() if "method" in dists else []
-    variant = {"tre_p": f"p = {TOP_P} nucleus", "tre_k": f"top-{TOP_K}"}
     what = [*(f"runs of seed {s}" for s in seeds),
-            *(f"TRE variant {method_label(m)}" + (f" ({variant[m]})" if m in variant else "") for m in tre if m)]
+            *(f"TRE variant {method_label(m)}" + (f" ({trust_region(m)})" if m in TRE_METHODS else "") for m in tre if m)]
     lines = [" · ".join(["Next-token distribution of the tiny policy", *what])]
     prompt, prefix = _text(first.get("prompt")), _text(first.get("response_prefix"))
     if prompt:

@@ -11,16 +11,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from figures.common import DISTS_FILE, atomic_write_text, read_json_object, read_parquet
+from tre.grid import TRE_MAX_CANDIDATES, TRE_TOP_K, TRE_TOP_P
 
 DIST_COLUMNS = ["stage", "label", "method", "seed", "model", "prompt", "response_prefix", "context", "rank", "prob",
                 "vocab_size", "tail_beyond", "nucleus_size", "top_k"]
 STAGE_LABELS = {"base": "Pre-trained", "entropy": "After PPO + entropy", "tre": "After TRE"}
-TOP_P = 0.99  # the TRE-P nucleus of the paper's grid
-MAX_CANDIDATES = 256
-TOP_K = 2  # the TRE-K set of the paper's grid
 
 
-def nucleus_size(sorted_probs: Sequence[float], top_p: float = TOP_P, max_candidates: int = MAX_CANDIDATES) -> int:
+def nucleus_size(sorted_probs: Sequence[float], top_p: float = TRE_TOP_P, max_candidates: int = TRE_MAX_CANDIDATES) -> int:
     """Size of the TRE-P trust region: tokens whose preceding (descending) mass is < top_p, at least 1, at most the cap."""
     mass, count = 0.0, 0
     for p in sorted_probs[:max_candidates]:
@@ -42,7 +40,7 @@ def dist_rows(stage: str, model: str, context: str, probs: Sequence[float], voca
     n = nucleus_size(probs)
     return [{"stage": stage, "label": STAGE_LABELS.get(stage, stage), "method": method, "seed": seed, "model": model,
              "prompt": prompt, "response_prefix": response_prefix, "context": context, "rank": r, "prob": p,
-             "vocab_size": vocab_size, "tail_beyond": tail, "nucleus_size": n, "top_k": TOP_K}
+             "vocab_size": vocab_size, "tail_beyond": tail, "nucleus_size": n, "top_k": TRE_TOP_K}
             for r, p in enumerate(kept, start=1)]
 
 

@@ -291,8 +291,8 @@ def _vocab_arg(text: str) -> int | None:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: build a tiny model directory."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m miniature.tiny_model` argument parser."""
     parser = Parser(prog="python -m miniature.tiny_model", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=output_dir, help="output directory")
     parser.add_argument("--vocab-size", type=_vocab_arg, default=DEFAULT_VOCAB,
@@ -303,10 +303,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int_at_least(1), default=2)
     parser.add_argument("--heads", type=int_at_least(1), default=4)
     parser.add_argument("--kv-heads", type=int_at_least(1), default=2)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The CLI's arguments, checked; a usage error exits 2 with one line."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.hidden_size % args.heads or args.heads % args.kv_heads:
         parser.error(f"--hidden-size ({args.hidden_size}) must be divisible by --heads ({args.heads}), "
                      f"and --heads by --kv-heads ({args.kv_heads})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: build a tiny model directory."""
+    args = parse_args(argv)
     out = build(args.out, vocab_size=args.vocab_size, seed=args.seed, kind=args.kind, hidden_size=args.hidden_size,
                 layers=args.layers, heads=args.heads, kv_heads=args.kv_heads)
     print(f"wrote tiny {args.kind} model to {out}", file=sys.stderr)

@@ -16,6 +16,7 @@ improve that fast; see README, "The CPU miniature").
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -178,8 +179,8 @@ def _save(model, tokenizer, out: Path, record: dict[str, Any]) -> None:
         raise
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """CLI entry point; bad input -> one line on stderr, exit 2."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m miniature.warm_start` argument parser."""
     defaults = Settings()
     parser = Parser(prog="python -m miniature.warm_start", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, metavar="DIR", help="base policy directory (HF format)")
@@ -199,9 +200,21 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="fraction of MATH demonstrations written without \\boxed{} around the answer "
                              f"({defaults.plain_fraction})")
     parser.add_argument("--threads", type=int_at_least(1), help="torch threads (default: torch's)")
+    return parser
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The CLI's arguments, checked; a usage error exits 2 with one line."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr: must be a positive number, got {args.lr}")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI entry point; bad input -> one line on stderr, exit 2."""
+    args = parse_args(argv)
     if args.threads:
         import torch
 

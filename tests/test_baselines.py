@@ -22,7 +22,7 @@ MASK = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
 
 
 def test_dual_clip_ppo_hand_values():
-    loss, clipfrac, ppo_kl, clipfrac_lower = POLICY_LOSSES["dual_clip"](OLD, LOGP, ADV, MASK)
+    loss, clipfrac, ppo_kl, clipfrac_lower = POLICY_LOSSES["tre_dual_clip"](OLD, LOGP, ADV, MASK)
     assert loss.item() == pytest.approx((-1.2 - 0.5 + 3.0 + 1.6) / 4, rel=1e-6)
     assert clipfrac.item() == pytest.approx(0.5, rel=1e-6)  # tokens a and d
     assert clipfrac_lower.item() == pytest.approx(0.25, rel=1e-6)  # token c
@@ -31,10 +31,10 @@ def test_dual_clip_ppo_hand_values():
 
 def test_dual_clip_reads_clip_settings_from_config():
     cfg = OmegaConf.create({"clip_ratio": 0.2, "clip_ratio_low": 0.2, "clip_ratio_high": 0.6, "clip_ratio_c": 3.0})
-    loss, *_ = POLICY_LOSSES["dual_clip"](OLD, LOGP, ADV, MASK, "token-mean", cfg)
+    loss, *_ = POLICY_LOSSES["tre_dual_clip"](OLD, LOGP, ADV, MASK, "token-mean", cfg)
     assert loss.item() == pytest.approx((-1.5 - 0.5 + 3.0 + 1.6) / 4, rel=1e-6)  # a no longer clipped (1.5 < 1.6)
     with pytest.raises(ValueError, match="^clip_ratio_c: must be > 1.0"):
-        POLICY_LOSSES["dual_clip"](OLD, LOGP, ADV, MASK, "token-mean", {"clip_ratio_c": 1.0})
+        POLICY_LOSSES["tre_dual_clip"](OLD, LOGP, ADV, MASK, "token-mean", {"clip_ratio_c": 1.0})
 
 
 @pytest.mark.parametrize(
@@ -52,12 +52,19 @@ def test_agg_loss_rejects_unknown_mode():
         agg_loss(torch.ones(1, 2), torch.ones(1, 2), "sum")
 
 
-def test_entropy_bonus_is_subtracted_with_the_same_aggregation():
-    ent = torch.tensor([[2.0, 4.0, 100.0]])
-    mask = torch.tensor([[1.0, 1.0, 0.0]])
-    pg = torch.tensor(0.5)
-    assert baselines.policy_loss_with_entropy(pg, ent, mask, 0.001).item() == pytest.approx(0.5 - 0.001 * 3.0, rel=1e-6)
-    assert baselines.policy_loss_with_entropy(pg, ent, mask, 0.0) is pg
+def test_ppo_objective_subtracts_the_entropy_bonus_with_the_same_aggregation():
+    ent = torch.tensor([[2.0, 2.0, 4.0, 4.0, 100.0]])  # token-mean over the valid tokens: 3.0 (the 100 is masked)
+    pg = (-1.2 - 0.5 + 3.0 + 1.6) / 4  # test_dual_clip_ppo_hand_values
+    loss = baselines.ppo_objective(OLD, LOGP, ADV, MASK, ent, policy_loss="tre_dual_clip", entropy_coeff=0.001)
+    assert loss.item() == pytest.approx(pg - 0.001 * 3.0, rel=1e-6)
+    plain = baselines.ppo_objective(OLD, LOGP, ADV, MASK, None, policy_loss="tre_dual_clip", entropy_coeff=0.0)
+    assert torch.equal(plain, POLICY_LOSSES["tre_dual_clip"](OLD, LOGP, ADV, MASK)[0])  # no entropy term at coeff 0
+    # Forking Tokens ranks by the same entropy: top-2 valid tokens by entropy are c and d
+    forking = baselines.ppo_objective(OLD, LOGP, ADV, MASK, ent, policy_loss="tre_forking_tokens", entropy_coeff=0.0,
+                                      config={"policy_loss": {"forking_top_ratio": 0.5}})
+    assert forking.item() == pytest.approx((3.0 + 1.6) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="^policy_loss: must be one of tre_dual_clip, .* got 'kl_cov'$"):
+        baselines.ppo_objective(OLD, LOGP, ADV, MASK, None, policy_loss="kl_cov", entropy_coeff=0.0)
 
 
 # ---------------------------------------------------------------------------------------------- KL-Cov
@@ -70,7 +77,7 @@ K_BASE = -math.exp(-0.1) - math.exp(-0.2) + 0.8 + 0.8 - 2 * math.exp(-0.05)
 
 
 def test_kl_cov_fork_penalises_top_0_2_percent_by_covariance():
-    loss, clipfrac, ppo_kl, _ = POLICY_LOSSES["kl_cov_fork"](torch.zeros(2, 5), KL, KA, KM)
+    loss, clipfrac, ppo_kl, _ = POLICY_LOSSES["tre_kl_cov_fork"](torch.zeros(2, 5), KL, KA, KM)
     # max(1, int(8 * 0.2 / 100)) = 1 token: (1, 0), penalty |log r| = 0.05
     assert loss.item() == pytest.approx((K_BASE + 0.05) / 8, rel=1e-6)
     assert clipfrac.item() == pytest.approx(2 / 8, rel=1e-6)  # computed before the penalty
@@ -79,23 +86,37 @@ def test_kl_cov_fork_penalises_top_0_2_percent_by_covariance():
 
 def test_kl_cov_fork_count_and_coefficient_from_config():
     cfg = {"policy_loss": {"kl_cov_k_percent": 25.0, "ppo_kl_coef": 2.0}}
-    loss, *_ = POLICY_LOSSES["kl_cov_fork"](torch.zeros(2, 5), KL, KA, KM, "token-mean", cfg)
+    loss, *_ = POLICY_LOSSES["tre_kl_cov_fork"](torch.zeros(2, 5), KL, KA, KM, "token-mean", cfg)
     # int(8 * 25 / 100) = 2 tokens: (1, 0) and (0, 0), penalty 2 * (0.05 + 0.1)
     assert loss.item() == pytest.approx((K_BASE + 2 * 0.15) / 8, rel=1e-6)
 
 
 def test_kl_cov_fork_penalty_changes_the_gradient_only_on_selected_tokens():
     lp = KL.clone().requires_grad_(True)
-    POLICY_LOSSES["kl_cov_fork"](torch.zeros(2, 5), lp, KA, KM)[0].backward()
+    POLICY_LOSSES["tre_kl_cov_fork"](torch.zeros(2, 5), lp, KA, KM)[0].backward()
     lp2 = KL.clone().requires_grad_(True)
-    POLICY_LOSSES["dual_clip"](torch.zeros(2, 5), lp2, KA, KM)[0].backward()
+    POLICY_LOSSES["tre_dual_clip"](torch.zeros(2, 5), lp2, KA, KM)[0].backward()
     diff = (lp.grad - lp2.grad).abs() > 1e-9
     assert diff.nonzero().tolist() == [[1, 0]]
 
 
+def _verl_loss(name: str):
+    """verl 0.4.1's own registered loss, which the methods kl_cov_upstream and clip_cov run."""
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    return get_policy_loss_fn(name)
+
+
+def _verl_config(**policy_loss):
+    """An actor config as verl's losses read it: every key present, None where unset."""
+    keys = ("kl_cov_ratio", "ppo_kl_coef", "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub")
+    return OmegaConf.create({"clip_ratio": 0.2, "clip_ratio_low": None, "clip_ratio_high": None,
+                             "policy_loss": {**dict.fromkeys(keys), **policy_loss}})
+
+
 def test_kl_cov_upstream_uses_unclipped_surrogate_and_fractional_ratio():
-    cfg = {"policy_loss": {"kl_cov_ratio": 0.25, "ppo_kl_coef": 1.0}}
-    loss, clipfrac, ppo_kl, _ = POLICY_LOSSES["kl_cov"](torch.zeros(2, 5), KL, KA, KM, "token-mean", cfg)
+    cfg = _verl_config(kl_cov_ratio=0.25, ppo_kl_coef=1.0)
+    loss, clipfrac, ppo_kl, _ = _verl_loss("kl_cov")(torch.zeros(2, 5), KL, KA, KM, "token-mean", cfg)
     unclipped = -math.exp(-0.1) - math.exp(-0.2) + math.exp(-0.3) + math.exp(-0.4) - 2 * math.exp(-0.05)
     assert loss.item() == pytest.approx((unclipped + 0.05 + 0.1) / 8, rel=1e-6)  # int(8 * 0.25) = 2 tokens
     assert clipfrac.item() == 0.0
@@ -106,11 +127,11 @@ def test_clip_cov_detaches_random_tokens_inside_the_covariance_band():
     adv = torch.tensor([[3.0, -3.0, 0.0, 0.0]])
     logp = torch.tensor([[0.0, -2.0, -1.0, -1.0]])  # cov = [3, 3, 0, 0]: the first two lie in (1, 5)
     mask = torch.ones(1, 4)
-    gen = torch.Generator().manual_seed(0)
-    loss, clipfrac, _, _ = POLICY_LOSSES["clip_cov"](logp, logp, adv, mask, "token-mean", None, generator=gen)
+    torch.manual_seed(0)  # verl draws the detached tokens with torch.randperm
+    loss, clipfrac, _, _ = _verl_loss("clip_cov")(logp, logp, adv, mask, "token-mean", _verl_config())
     assert loss.item() in (pytest.approx(0.75), pytest.approx(-0.75))  # -A = [-3, 3, 0, 0], one of the two zeroed
     assert clipfrac.item() == pytest.approx(0.25, rel=1e-6)
-    loss_all, clipfrac_all, _, _ = POLICY_LOSSES["clip_cov"](logp, logp, adv, mask, "token-mean", {"policy_loss": {"clip_cov_ratio": 0.5}})
+    loss_all, clipfrac_all, _, _ = _verl_loss("clip_cov")(logp, logp, adv, mask, "token-mean", _verl_config(clip_cov_ratio=0.5))
     assert loss_all.item() == 0.0 and clipfrac_all.item() == pytest.approx(0.5, rel=1e-6)
 
 
@@ -126,7 +147,7 @@ FAR_MASK = torch.ones(1, 3)
 
 def test_kl_cov_fork_does_not_clamp_the_log_ratio():
     lp = FAR_LP.clone().requires_grad_(True)
-    loss, _, ppo_kl, _ = POLICY_LOSSES["kl_cov_fork"](torch.zeros(1, 3), lp, FAR_ADV, FAR_MASK)
+    loss, _, ppo_kl, _ = POLICY_LOSSES["tre_kl_cov_fork"](torch.zeros(1, 3), lp, FAR_ADV, FAR_MASK)
     assert loss.item() == pytest.approx((0.8 + 25.0 - math.exp(-0.1)) / 3, rel=1e-6)  # clamped: 0.8 + 20.0
     assert ppo_kl.item() == pytest.approx((25.0 + 0.1 + 0.2) / 3, rel=1e-6)  # clamped: (20 + 0.3) / 3
     loss.backward()
@@ -135,12 +156,12 @@ def test_kl_cov_fork_does_not_clamp_the_log_ratio():
 
 
 def test_dual_clip_and_forking_do_not_clamp_the_log_ratio():
-    _, _, ppo_kl, _ = POLICY_LOSSES["dual_clip"](torch.zeros(1, 3), FAR_LP, FAR_ADV, FAR_MASK)
+    _, _, ppo_kl, _ = POLICY_LOSSES["tre_dual_clip"](torch.zeros(1, 3), FAR_LP, FAR_ADV, FAR_MASK)
     assert ppo_kl.item() == pytest.approx(25.3 / 3, rel=1e-6)
     lp = torch.tensor([[25.0, -0.1, -0.2]], requires_grad=True)  # A = -1 at t0 -> dual clip 3; t1, t2 as above
     adv = torch.tensor([[1.0, 1.0, 0.0]])  # A = 1, log r = 25: max(-e^25, -1.2) = -1.2, no gradient through r
     ent = torch.tensor([[1.0, 0.5, 0.0]])  # top ceil(0.2 * 3) = 1 token by entropy: t0
-    loss, _, ppo_kl, _ = POLICY_LOSSES["forking_tokens"](torch.zeros(1, 3), lp, adv, FAR_MASK, "token-mean", None, entropy=ent)
+    loss, _, ppo_kl, _ = POLICY_LOSSES["tre_forking_tokens"](torch.zeros(1, 3), lp, adv, FAR_MASK, "token-mean", None, entropy=ent)
     assert loss.item() == pytest.approx(-1.2, rel=1e-6)
     assert ppo_kl.item() == pytest.approx((-25.0 + 0.1 + 0.2) / 3, rel=1e-6)  # clamped: (-20 + 0.3) / 3
 
@@ -152,11 +173,11 @@ def test_clamp_log_ratio_20_is_verl_0_4_1s_loss():
     adv = torch.tensor([[1.0, -1.0, 0.5, 2.0]])
     mask = torch.ones(1, 4)
     clamped = {"policy_loss": {"clamp_log_ratio": 20.0}}
-    ours = POLICY_LOSSES["dual_clip"](torch.zeros(1, 4), lp, adv, mask, "token-mean", clamped)
+    ours = POLICY_LOSSES["tre_dual_clip"](torch.zeros(1, 4), lp, adv, mask, "token-mean", clamped)
     theirs = compute_policy_loss(torch.zeros(1, 4), lp, adv, mask, cliprange=0.2, clip_ratio_c=3.0)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b)
-    fork = POLICY_LOSSES["dual_clip"](torch.zeros(1, 4), lp, adv, mask)
+    fork = POLICY_LOSSES["tre_dual_clip"](torch.zeros(1, 4), lp, adv, mask)
     assert fork[2].item() == pytest.approx((25.0 - 30.0 + 0.1 - 21.0) / 4, rel=1e-6)  # ppo_kl without the clamp
     assert theirs[2].item() == pytest.approx((20.0 - 20.0 + 0.1 - 20.0) / 4, rel=1e-6)
 
@@ -164,7 +185,7 @@ def test_clamp_log_ratio_20_is_verl_0_4_1s_loss():
 def test_paper_methods_use_the_forks_unclamped_losses():
     for name in PAPER_METHODS:
         m = METHODS[name]
-        assert m.policy_loss in ("dual_clip", "kl_cov_fork", "forking_tokens") and "clamp_log_ratio" not in m.loss_params
+        assert m.policy_loss in ("tre_dual_clip", "tre_kl_cov_fork", "tre_forking_tokens") and "clamp_log_ratio" not in m.loss_params
 
 
 # ---------------------------------------------------------------------------------------------- Forking tokens
@@ -193,11 +214,11 @@ def test_forking_mask_maps_positions_across_rows_and_handles_empty():
 def test_forking_tokens_loss_aggregates_over_selected_tokens_only():
     ent = torch.tensor([[0.1, 0.2, 0.9, 0.8, 5.0]])  # top-2 valid by entropy: c and d (the 5.0 is masked)
     cfg = {"policy_loss": {"forking_top_ratio": 0.5}}
-    loss, clipfrac, _, clipfrac_lower = POLICY_LOSSES["forking_tokens"](OLD, LOGP, ADV, MASK, "token-mean", cfg, entropy=ent)
+    loss, clipfrac, _, clipfrac_lower = POLICY_LOSSES["tre_forking_tokens"](OLD, LOGP, ADV, MASK, "token-mean", cfg, entropy=ent)
     assert loss.item() == pytest.approx((3.0 + 1.6) / 2, rel=1e-6)
     assert clipfrac.item() == pytest.approx(0.5, rel=1e-6) and clipfrac_lower.item() == pytest.approx(0.25, rel=1e-6)
     with pytest.raises(ValueError, match="^forking_tokens: needs the per-token entropy"):
-        POLICY_LOSSES["forking_tokens"](OLD, LOGP, ADV, MASK)
+        POLICY_LOSSES["tre_forking_tokens"](OLD, LOGP, ADV, MASK)
 
 
 # ---------------------------------------------------------------------------------------------- parity with verl
@@ -216,27 +237,10 @@ def test_dual_clip_equals_verl_vanilla(mode):
     from verl.trainer.ppo.core_algos import compute_policy_loss
 
     old, new, adv, mask = _random_batch(1)
-    ours = POLICY_LOSSES["dual_clip"](old, new, adv, mask, mode, None)
+    ours = POLICY_LOSSES["tre_dual_clip"](old, new, adv, mask, mode, None)
     theirs = compute_policy_loss(old, new, adv, mask, cliprange=0.2, clip_ratio_c=3.0, loss_agg_mode=mode)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b)
-
-
-def test_upstream_kl_cov_and_clip_cov_equal_verl():
-    from verl.trainer.ppo.core_algos import get_policy_loss_fn
-
-    old, new, adv, mask = _random_batch(2)
-    cfg = OmegaConf.create({
-        "clip_ratio": 0.2, "clip_ratio_low": None, "clip_ratio_high": None,
-        "policy_loss": {"kl_cov_ratio": 0.1, "ppo_kl_coef": 1.0, "clip_cov_ratio": 0.2, "clip_cov_lb": 0.01, "clip_cov_ub": 5.0},
-    })
-    for name in ("kl_cov", "clip_cov"):
-        torch.manual_seed(5)
-        ours = POLICY_LOSSES[name](old, new, adv, mask, "token-mean", cfg)
-        torch.manual_seed(5)
-        theirs = get_policy_loss_fn(name)(old, new, adv, mask, "token-mean", cfg)
-        for a, b in zip(ours, theirs):
-            torch.testing.assert_close(a, b.to(a.dtype))
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -245,11 +249,18 @@ def test_paper_grid_methods_and_their_settings():
     assert (METHODS["tre_k"].entropy, METHODS["tre_k"].top_k, METHODS["tre_k"].entropy_coeff) == ("tre_k", 2, 0.001)
     assert (METHODS["tre_p"].entropy, METHODS["tre_p"].top_p, METHODS["tre_p"].max_candidates) == ("tre_p", 0.99, 256)
     assert (METHODS["entropy"].entropy, METHODS["entropy"].entropy_coeff, METHODS["entropy"].coeff_known) == ("full", 0.001, False)
-    assert METHODS["kl_cov"].policy_loss == "kl_cov_fork" and METHODS["kl_cov"].loss_params["kl_cov_k_percent"] == 0.2
-    assert METHODS["forking_tokens"].needs_token_entropy and METHODS["forking_tokens"].entropy_coeff == 0
-    assert METHODS["ppo"].policy_loss == "dual_clip" and METHODS["ppo"].entropy == "none"
+    assert METHODS["kl_cov"].policy_loss == "tre_kl_cov_fork" and METHODS["kl_cov"].loss_params["kl_cov_k_percent"] == 0.2
+    assert METHODS["forking_tokens"].policy_loss == "tre_forking_tokens" and METHODS["forking_tokens"].entropy_coeff == 0
+    assert METHODS["ppo"].policy_loss == "tre_dual_clip" and METHODS["ppo"].entropy == "none"
+    assert (METHODS["kl_cov_upstream"].policy_loss, METHODS["clip_cov"].policy_loss) == ("kl_cov", "clip_cov")  # verl's
     for m in METHODS.values():
-        assert m.policy_loss == "vanilla" or m.policy_loss in POLICY_LOSSES
+        assert m.policy_loss in baselines.methods.VERL_POLICY_LOSSES or m.policy_loss in POLICY_LOSSES
+
+
+def test_our_loss_names_cannot_shadow_verls():
+    assert all(name.startswith("tre_") for name in POLICY_LOSSES)
+    with pytest.raises(ValueError, match="^policy loss 'kl_cov': must start with 'tre_'"):
+        baselines.policy_loss("kl_cov")
 
 
 def test_get_method_error_lists_valid_names():

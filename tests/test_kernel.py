@@ -15,34 +15,9 @@ import torch
 import tre.kernel as kernel
 from tre import trust_region_entropy as tre
 from tre import trust_region_stats
+from tre.reference import authors_entropy as reference
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def reference(logits: torch.Tensor, top_k=None, top_p=None, max_candidates=256) -> torch.Tensor:
-    """Float64 transcription of the authors' verl/utils/torch_functional.py::entropy_from_logits, autograd-able."""
-    z = logits.double()
-    vocab = z.shape[-1]
-    if top_k is None and top_p is None:
-        p = torch.softmax(z, -1)
-        return torch.logsumexp(z, -1) - (p * z).sum(-1)
-    if top_k == 1:
-        return torch.logsumexp(z, -1) - z.max(-1).values
-    if top_k is not None:
-        s = torch.topk(z, top_k, -1).values
-        q = torch.softmax(s, -1)
-        return (torch.logsumexp(s, -1) - (q * s).sum(-1)) * (math.log(vocab) / math.log(top_k))
-    probs = torch.softmax(z, -1)
-    m = min(max_candidates, vocab)
-    sp, idx = torch.topk(probs, m, -1)
-    keep = (torch.cumsum(sp, -1) - sp) < top_p
-    keep[..., 0] = True
-    n = keep.sum(-1)
-    cand = torch.where(keep, torch.gather(z, -1, idx), torch.tensor(-1e10, dtype=z.dtype))
-    q = torch.softmax(cand, -1)
-    h = torch.logsumexp(cand, -1) - (q * cand).sum(-1)
-    h = h * (math.log(vocab) / torch.log(n.clamp(min=2).double()))
-    return torch.where(n == 1, torch.zeros_like(h), h)
 
 
 # ---------------------------------------------------------------------------------------------- known values

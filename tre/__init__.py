@@ -5,7 +5,7 @@ The kernel (torch) loads on first use, so that torch-free parts such as `python 
 
 import importlib
 
-__all__ = ["trust_region_entropy", "trust_region_stats", "DEFAULT_MAX_CANDIDATES"]
+__all__ = ["trust_region_entropy", "trust_region_stats"]
 
 
 def __getattr__(name: str):

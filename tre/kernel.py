@@ -1,18 +1,19 @@
 """Trust-region entropy (TRE): entropy restricted to the plausible tokens, as in the authors' verl fork.
 
 Semantics (the authors' `entropy_from_logits`, verl/utils/torch_functional.py of their fork; docs/fidelity.md), per
-position with logits z over a vocabulary of size V:
-  * neither top_k nor top_p: full Shannon entropy H(softmax(z)).
-  * TRE-K, K >= 2: H(softmax(z_S)) * ln V / ln K, S = the K largest logits.
-  * TRE-K, K == 1: -ln p_max = logsumexp(z) - max(z), over the full vocabulary, unscaled.
-  * TRE-P: S = the smallest prefix of the `max_candidates` most probable tokens whose preceding mass is < p
-    (the top token always kept); H(softmax(z_S)) * ln V / ln |S|, and exactly 0 where |S| == 1.
+position with logits z over a vocabulary of size V (the modes of `entropy_mode`):
+  * FULL_ENTROPY (neither top_k nor top_p): Shannon entropy H(softmax(z)).
+  * TOP_K_ENTROPY (TRE-K, K >= 2): H(softmax(z_S)) * ln V / ln K, S = the K largest logits.
+  * MIN_ENTROPY (TRE-K, K == 1): -ln p_max = logsumexp(z) - max(z), over the full vocabulary, unscaled.
+  * NUCLEUS_ENTROPY (TRE-P): S = the smallest prefix of the `max_candidates` most probable tokens whose preceding
+    mass is < p (the top token always kept); H(softmax(z_S)) * ln V / ln |S|, and exactly 0 where |S| == 1.
+`tre.reference.authors_entropy` is the float64 transcription of these semantics that the tests hold the kernel to.
 
 Implementation: one autograd Function walks the positions in chunks. Forward needs, per chunk, only the
 top candidates (and, for TRE-P, a row-wise logsumexp), so no full-vocabulary probability tensor is ever held.
 Backward is analytic: for a restricted softmax q over a set S, dH/dz_j = -q_j (ln q_j + H) for j in S and 0
-elsewhere, so the gradient is scattered from the small candidate tensor. The full-entropy and K == 1 modes,
-and every mode when chunked, recompute their chunk in backward instead of saving per-position activations.
+elsewhere, so the gradient is scattered from the small candidate tensor. The full- and min-entropy (K == 1)
+modes, and every mode when chunked, recompute their chunk in backward instead of saving per-position activations.
 All arithmetic is fp32 whatever the input dtype; the gradient has the input's dtype.
 
 On CPU, where a whole-row torch.topk dominated the time, the candidates come from a block pre-filter
@@ -30,9 +31,10 @@ from typing import Optional
 
 import torch
 
-__all__ = ["trust_region_entropy", "trust_region_stats", "DEFAULT_MAX_CANDIDATES"]
+from tre.grid import TRE_MAX_CANDIDATES, TRE_TOP_K, TRE_TOP_P  # the paper's K, p and TRE-P candidate cap
 
-DEFAULT_MAX_CANDIDATES = 256  # the authors' hard-coded cap on the TRE-P candidate list
+__all__ = ["trust_region_entropy", "trust_region_stats"]
+
 # Elements of fp32 scratch allowed per block when a mode must touch the whole vocabulary (logsumexp for
 # TRE-P's mass, full entropy, K == 1). Bounds the transient memory of an unchunked call as well.
 _BLOCK_ELEMS = 1 << 22
@@ -41,6 +43,21 @@ _BLOCK_ELEMS = 1 << 22
 _CACHE_ELEMS = 1 << 20
 # Entries per block whose maxima pre-filter the top-k selection (_top_values); 16 measured fastest at V = 151936.
 _SELECT_BLOCK = 16
+
+# The entropy modes, named after what they compute (docs/fidelity.md, "Kernel").
+FULL_ENTROPY = "full_entropy"  # neither top_k nor top_p: H(softmax(z)) over the vocabulary
+MIN_ENTROPY = "min_entropy"  # top_k == 1: -ln p_max (the Renyi min-entropy), unscaled
+TOP_K_ENTROPY = "top_k_entropy"  # TRE-K, K >= 2: scaled entropy of the K largest logits
+NUCLEUS_ENTROPY = "nucleus_entropy"  # TRE-P: scaled entropy of the top-p nucleus among the first max_candidates
+
+
+def entropy_mode(top_k: Optional[int], top_p: Optional[float]) -> str:
+    """Which of the four entropies trust_region_entropy computes for these (validated) arguments."""
+    if top_k is None and top_p is None:
+        return FULL_ENTROPY
+    if top_k == 1:
+        return MIN_ENTROPY
+    return TOP_K_ENTROPY if top_k else NUCLEUS_ENTROPY
 
 
 def _validate(logits: torch.Tensor, top_k, top_p, max_candidates, chunk_size) -> None:
@@ -201,10 +218,10 @@ def _group_terms(x: torch.Tensor, mode: str, top_k, top_p, m: int, need_grad: bo
         vals, idx = torch.topk(x, m, dim=-1, sorted=True)
         ext = lse = None
     else:
-        ext, idx, lse = _top_values(x, m, with_lse=mode == "p")
+        ext, idx, lse = _top_values(x, m, with_lse=mode == NUCLEUS_ENTROPY)
         vals = ext[:, :m]
     z = vals.float()
-    if mode == "k":
+    if mode == TOP_K_ENTROPY:
         h, q, log_q = _restricted_entropy(z)
         scale = torch.full_like(h, log_v / math.log(top_k))
         count = None
@@ -232,9 +249,9 @@ def _group_terms(x: torch.Tensor, mode: str, top_k, top_p, m: int, need_grad: bo
 
 
 def _candidate_terms(x: torch.Tensor, mode: str, top_k, top_p, max_candidates: int, need_grad: bool):
-    """For TRE-K/TRE-P rows x: (entropy, candidate indices, d entropy / d candidate logit or None)."""
+    """For TOP_K_ENTROPY / NUCLEUS_ENTROPY rows x: (entropy, candidate indices, d entropy / d candidate logit or None)."""
     rows, vocab = x.shape
-    m = top_k if mode == "k" else min(max_candidates, vocab)
+    m = top_k if mode == TOP_K_ENTROPY else min(max_candidates, vocab)
     if not x.is_cpu:  # the pre-filter and the row groups are tuned on CPU; elsewhere one torch.topk per chunk
         return _group_terms(x, mode, top_k, top_p, m, need_grad, plain=True)
     plain = not _prefilter_applies(vocab, m)
@@ -263,14 +280,14 @@ class _TRE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, top_k, top_p, max_candidates, chunk):
         n = logits.shape[0]
-        mode = "full" if top_k is None and top_p is None else ("min" if top_k == 1 else ("k" if top_k else "p"))
-        keep_terms = mode in ("k", "p") and chunk >= n and ctx.needs_input_grad[0]
+        mode = entropy_mode(top_k, top_p)
+        keep_terms = mode in (TOP_K_ENTROPY, NUCLEUS_ENTROPY) and chunk >= n and ctx.needs_input_grad[0]
         out = torch.empty(n, dtype=torch.float32, device=logits.device)
         for s in range(0, n, chunk):
             x = logits[s : s + chunk]
-            if mode == "full":
+            if mode == FULL_ENTROPY:
                 out[s : s + chunk] = _blockwise(x, _full_entropy_rows)
-            elif mode == "min":
+            elif mode == MIN_ENTROPY:
                 out[s : s + chunk] = _blockwise(x, _neg_log_pmax_rows)
             else:
                 out[s : s + chunk], idx, dz = _candidate_terms(x, mode, top_k, top_p, max_candidates, keep_terms)
@@ -294,8 +311,8 @@ class _TRE(torch.autograd.Function):
             grad.scatter_(-1, idx, (dz * g).to(ctx.in_dtype))
             return grad, None, None, None, None
         (logits,) = saved
-        if ctx.mode in ("full", "min"):
-            row_grad = _full_grad_rows if ctx.mode == "full" else _neg_log_pmax_grad_rows
+        if ctx.mode in (FULL_ENTROPY, MIN_ENTROPY):
+            row_grad = _full_grad_rows if ctx.mode == FULL_ENTROPY else _neg_log_pmax_grad_rows
             grad = torch.empty_like(logits)
             for s in range(0, logits.shape[0], ctx.chunk):
                 grad[s : s + ctx.chunk] = _blockwise(logits[s : s + ctx.chunk], row_grad).mul_(g[s : s + ctx.chunk]).to(logits.dtype)
@@ -312,7 +329,7 @@ def trust_region_entropy(
     *,
     top_k: Optional[int] = None,
     top_p: Optional[float] = None,
-    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    max_candidates: int = TRE_MAX_CANDIDATES,
     chunk_size: Optional[int] = None,
 ) -> torch.Tensor:
     """Per-position (trust-region) entropy of `logits` (..., V): fp32, shape logits.shape[:-1], differentiable."""
@@ -328,7 +345,7 @@ def trust_region_entropy(
 
 @torch.no_grad()
 def trust_region_stats(
-    logits: torch.Tensor, *, top_k: int = 2, top_p: float = 0.99, max_candidates: int = DEFAULT_MAX_CANDIDATES
+    logits: torch.Tensor, *, top_k: int = TRE_TOP_K, top_p: float = TRE_TOP_P, max_candidates: int = TRE_MAX_CANDIDATES
 ) -> dict[str, torch.Tensor]:
     """Per-row trust-region statistics of logits (N, V) from one top-k and one logsumexp pass (no grad).
 

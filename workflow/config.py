@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib.util
 import json
 import shlex
 import sys
@@ -12,7 +10,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import yaml
 
-from common.files import atomic_write_text
+from tre.grid import METHODS, SIZES, TASKS, TRE_METHODS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 GRIDS = ("tiny", "paper")
@@ -22,9 +20,6 @@ STEPS = ("rm_train", "train", "eval")
 MADE_MODEL_PREFIXES = ("models/tiny/", "models/rm/")
 WARM_START_MODEL = "models/tiny/warm"
 WARM_START_TASKS = ("math", "countdown")  # the tasks with demonstrations (evaluation.tasks.<task>.demonstration)
-
-
-METHOD_CACHE_DIR = Path(".snakemake") / "tre-cache"
 
 
 class ConfigError(ValueError):
@@ -39,30 +34,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def method_table(cache_dir: Optional[Path] = None) -> dict[str, dict[str, Any]]:
-    """name -> fields of every baselines.METHODS entry, cached by the hash of baselines/*.py.
-
-    Importing baselines imports torch (seconds); the cache keeps `snakemake -n` fast while any edit of a
-    method's parameters still changes the table (and so reruns that method's runs)."""
-    spec = importlib.util.find_spec("baselines")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("methods: the baselines package is not importable")
-    digest = hashlib.sha256()
-    for src in sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.py")):
-        digest.update(src.name.encode() + b"\0" + src.read_bytes())
-    cache = Path(cache_dir or METHOD_CACHE_DIR) / f"methods-{digest.hexdigest()[:16]}.json"
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        pass
-    from baselines import METHODS
-
-    table = {name: _jsonable({f.name: getattr(m, f.name) for f in dataclasses.fields(m)}) for name, m in METHODS.items()}
-    try:
-        atomic_write_text(cache, json.dumps(table, indent=1, sort_keys=True))
-    except OSError:
-        pass  # a read-only checkout still works, only slower
-    return table
+def method_table() -> dict[str, dict[str, Any]]:
+    """name -> the fields of every registered method (tre.grid), as JSON values."""
+    return {name: _jsonable({f.name: getattr(m, f.name) for f in dataclasses.fields(m)}) for name, m in METHODS.items()}
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -73,6 +47,34 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a mapping")
     return data
+
+
+def load_schema(config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    """schema.yaml with the grid's names filled in from their owners: tasks, sizes, methods (tre.grid), the artefacts
+    (figures), the profiles (tre.backend) and the grids (GRIDS)."""
+    from figures import ARTEFACTS
+    from tre.backend.profiles import PROFILES
+
+    schema = load_yaml(config_dir / "schema.yaml")
+    defs, props = schema["$defs"], schema["properties"]
+
+    def each(names: Sequence[str], definition: str) -> dict[str, Any]:
+        return {name: {"$ref": f"#/$defs/{definition}"} for name in names}
+
+    props["grid"]["enum"] = list(GRIDS)
+    props["profile"]["enum"] = list(PROFILES)
+    props["tasks"]["items"]["enum"] = list(TASKS)
+    props["sizes"]["items"]["enum"] = list(SIZES)
+    props["methods"]["items"]["enum"] = list(METHODS)
+    props["figures"]["items"]["enum"] = list(ARTEFACTS)
+    figure1 = props["figure1"]["properties"]
+    figure1["task"]["enum"], figure1["size"]["enum"] = list(TASKS), [*SIZES, None]
+    figure1["tre_method"]["enum"] = list(TRE_METHODS)
+    props["data"]["properties"] = each(TASKS, "data_spec")
+    props["train"]["properties"]["task_overrides"]["properties"] = each(TASKS, "override_list")
+    props["models"]["properties"] = each(SIZES, "model_spec")
+    defs["per_size_resources"]["properties"] = each(SIZES, "resources")
+    return schema
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,10 +123,6 @@ def validate(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
 
 
 def _check_semantics(config: Mapping[str, Any]) -> None:
-    METHODS = method_table()
-    for i, m in enumerate(config["methods"]):
-        if m not in METHODS:
-            raise ConfigError(f"config: methods.{i}: {m!r} is not one of {', '.join(METHODS)}")
     for m in config["train"].get("method_overrides", {}):
         if m not in METHODS:
             raise ConfigError(f"config: train.method_overrides.{m}: not a method (one of {', '.join(METHODS)})")
@@ -223,7 +221,7 @@ def resolve(user: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> dict[str,
     """The effective config: the grid's base file (tiny unless user sets grid) updated by the user's keys.
 
     The user's values are first read against the schema (`coerce`), so `--config` strings get the schema's types."""
-    schema = load_yaml(config_dir / "schema.yaml")
+    schema = load_schema(config_dir)
     user = coerce(user, schema)
     grid = user.get("grid", "tiny")
     if grid not in GRIDS:
@@ -290,11 +288,6 @@ def artefact_outputs(name: str) -> list[str]:
     if name.startswith("table"):
         return [f"results/tables/{name}.{ext}" for ext in ("csv", "md", "tex")]
     return [f"results/figures/{name}.{ext}" for ext in ("pdf", "png")]
-
-
-def needs_reward_model(config: Mapping[str, Any]) -> list[str]:
-    """Sizes whose HH runs need a trained reward model."""
-    return list(config["sizes"]) if "hh" in config["tasks"] else []
 
 
 def warm_start_tasks(config: Mapping[str, Any]) -> list[str]:

@@ -60,10 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The CLI's arguments, checked; a usage error exits 2 with one line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve" and args.device not in ("auto", "cuda", "cpu") and not args.device.startswith("cuda:"):
+        parser.exit(2, f"{parser.prog} serve: error: --device must be auto, cuda, cpu or cuda:N, got {args.device!r}\n")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     if args.command == "train":
         from evaluation.reward_model.train import train
 
@@ -81,8 +90,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from evaluation.reward_model.server import TOKEN_ENV, serve
 
-    if args.device not in ("auto", "cuda", "cpu") and not args.device.startswith("cuda:"):
-        parser.exit(2, f"{parser.prog} serve: error: --device must be auto, cuda, cpu or cuda:N, got {args.device!r}\n")
     try:
         serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_request=args.max_request,
               max_body_mb=args.max_body_mb, device=args.device, dtype=args.dtype, cpu_threads=args.cpu_threads,

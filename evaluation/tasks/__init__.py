@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from evaluation.tasks import countdown, hh, math_lighteval
+from tre.grid import TASKS as GRID_TASKS
 
-TASKS: dict[str, ModuleType] = {"math": math_lighteval, "countdown": countdown, "hh": hh}
+# name -> module, for the grid's tasks (tre.grid names each task's module)
+TASKS: dict[str, ModuleType] = {name: importlib.import_module(f"{__name__}.{task.module}") for name, task in GRID_TASKS.items()}
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 
 # The data sources the authors route to the MATH scorer (their reward_score/__init__.py::default_compute_score).

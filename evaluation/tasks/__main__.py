@@ -10,7 +10,8 @@ from common.argtypes import Parser, int_at_least, output_dir
 from evaluation.tasks import FIXTURES_DIR, TASKS, get_task
 from evaluation.tasks.common import DataUnavailable
 
-GENERATED = ("countdown", "math")  # tasks with a seeded offline generator (prepare(generated=True))
+# tasks with a seeded offline generator (a module-level generate(); prepare(generated=True)), alphabetically
+GENERATED = tuple(sorted(name for name, module in TASKS.items() if hasattr(module, "generate")))
 
 EPILOG = f"""\
 sources:

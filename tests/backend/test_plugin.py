@@ -14,7 +14,8 @@ import verl.trainer
 import yaml
 from omegaconf import OmegaConf
 
-from baselines import forking_count, forking_mask, get_method
+from baselines import forking_count, forking_mask, get_method, ppo_objective
+from baselines.methods import FORKING_TOKENS_LOSS
 from tre import trust_region_entropy
 from tre.backend import plugin
 from tre.backend.plugin import ActorSpec, PluginConfigError, actor_spec, diagnostics
@@ -25,7 +26,7 @@ LN = math.log
 def test_actor_spec_reads_every_method_key():
     assert actor_spec({"tre_entropy": "tre_k", "entropy_top_k": 2}) == ActorSpec("tre_k", 2, None)
     assert actor_spec({"entropy_top_p": 0.99, "entropy_max_candidates": 64}) == ActorSpec("tre_p", None, 0.99, 64)
-    assert actor_spec({"policy_loss": {"loss_mode": "forking_tokens"}, "tre_diagnostics": True}) == ActorSpec(forking=True, diagnostics=True)
+    assert actor_spec({"policy_loss": {"loss_mode": "tre_forking_tokens"}, "tre_diagnostics": True}) == ActorSpec(forking=True, diagnostics=True)
     assert not actor_spec({}).active
     assert actor_spec({"tre_entropy": "full"}).active and not actor_spec({"tre_entropy": "full"}).needs_logits
 
@@ -36,11 +37,11 @@ def test_actor_spec_reads_every_method_key():
     ({"tre_entropy": "tre_p", "entropy_top_p": 1.0}, "actor.entropy_top_p"),
     ({"tre_entropy": "full", "entropy_top_k": 2}, "actor.tre_entropy"),
     ({"entropy_max_candidates": 0}, "actor.entropy_max_candidates"),
-    ({"policy_loss": {"loss_mode": "forking_tokens", "forking_scope": "global"}}, "actor.policy_loss.forking_scope"),
-    ({"policy_loss": {"loss_mode": "forking_tokens", "forking_scope": "batch"}, "use_dynamic_bsz": True},
+    ({"policy_loss": {"loss_mode": "tre_forking_tokens", "forking_scope": "global"}}, "actor.policy_loss.forking_scope"),
+    ({"policy_loss": {"loss_mode": "tre_forking_tokens", "forking_scope": "batch"}, "use_dynamic_bsz": True},
      "actor.use_dynamic_bsz"),
     ({"tre_entropy": "tre_k", "entropy_top_k": 2, "use_fused_kernels": True}, "use_fused_kernels"),
-    ({"policy_loss": {"loss_mode": "forking_tokens"}, "use_fused_kernels": True}, "use_fused_kernels"),
+    ({"policy_loss": {"loss_mode": "tre_forking_tokens"}, "use_fused_kernels": True}, "use_fused_kernels"),
 ])
 def test_actor_spec_rejects_bad_settings_naming_the_key(config, field):
     with pytest.raises(PluginConfigError, match=field):
@@ -203,8 +204,8 @@ def test_forking_batch_scope_takes_the_top_share_over_each_whole_mini_batch(dist
 
     model, batch = ppo_batch
     seen = []
-    loss = plugin.POLICY_LOSSES["forking_tokens"]
-    monkeypatch.setitem(plugin.POLICY_LOSSES, "forking_tokens",
+    loss = plugin.POLICY_LOSSES["tre_forking_tokens"]
+    monkeypatch.setitem(plugin.POLICY_LOSSES, "tre_forking_tokens",
                         lambda *a, entropy_top_mask, **k: seen.append(entropy_top_mask.clone()) or loss(*a, entropy_top_mask=entropy_top_mask, **k))
     mask = batch["attention_mask"][:, -10:]
 
@@ -264,8 +265,10 @@ def test_policy_losses_are_registered_with_verl():
 
     for name in baselines.POLICY_LOSSES:
         assert name in POLICY_LOSS_REGISTRY
-    assert POLICY_LOSS_REGISTRY["forking_tokens"] is plugin._forking_from_state
-    assert POLICY_LOSS_REGISTRY["kl_cov_fork"] is baselines.POLICY_LOSSES["kl_cov_fork"]
+    assert POLICY_LOSS_REGISTRY["tre_forking_tokens"] is plugin._forking_from_state
+    assert POLICY_LOSS_REGISTRY["tre_kl_cov_fork"] is baselines.POLICY_LOSSES["tre_kl_cov_fork"]
+    for name in ("kl_cov", "clip_cov"):  # the upstream variants run verl's own losses
+        assert POLICY_LOSS_REGISTRY[name].__module__ == "verl.trainer.ppo.core_algos"
 
 
 def test_bound_entropy_is_tre_with_grad_and_verls_without():
@@ -281,3 +284,68 @@ def test_bound_entropy_is_tre_with_grad_and_verls_without():
     y = logits.clone().requires_grad_(True)
     trust_region_entropy(y, top_p=0.9).sum().backward()
     assert torch.allclose(x.grad, y.grad)
+
+
+# ---- the patched actor minimises exactly baselines.ppo_objective ---------------------------------------------
+
+
+def _method_entropy(logits: torch.Tensor, method) -> torch.Tensor | None:
+    """The per-token entropy a method's objective takes, from the registry's fields (not the plug-in's config)."""
+    if method.entropy == "tre_k":
+        return trust_region_entropy(logits, top_k=method.top_k)
+    if method.entropy == "tre_p":
+        return trust_region_entropy(logits, top_p=method.top_p, max_candidates=method.max_candidates)
+    if method.entropy == "full":
+        return trust_region_entropy(logits)
+    if method.policy_loss == FORKING_TOKENS_LOSS:
+        with torch.no_grad():  # it only ranks the tokens
+            return trust_region_entropy(logits)
+    return None
+
+
+@pytest.mark.parametrize("method_name", ["ppo", "entropy", "kl_cov", "forking_tokens", "tre_k", "tre_p"])
+def test_patched_actor_minimises_exactly_the_pure_objective(dist_group, ppo_batch, method_name, monkeypatch):
+    """verl's own update_policy, patched, backpropagates baselines.ppo_objective: same loss, same gradients, bit for bit."""
+    from verl import DataProto
+
+    model, batch = ppo_batch
+    method = get_method(method_name)
+    actor = _actor(model, method_name)
+    module, config = actor.actor_module, actor.config
+    data = dict(batch)
+    with torch.no_grad():
+        old, _ = actor.compute_log_prob(DataProto.from_dict(tensors=data, meta_info={"micro_batch_size": 4, "temperature": 1.0, "use_dynamic_bsz": False}))
+    # old log-probs off the current policy, so that the clip, the dual clip and KL-Cov's |log r| all act
+    data["old_log_probs"] = old + 0.5 * torch.randn(old.shape, generator=torch.Generator().manual_seed(3))
+
+    # verl's side: the loss each micro-batch backpropagates, and the gradients before the optimizer step (which is
+    # skipped, so that the weights stay those both sides differentiate at)
+    verl_losses, verl_grads = [], []
+    backward = torch.Tensor.backward
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **k: verl_losses.append(self.detach().clone()) or backward(self, *a, **k))
+    monkeypatch.setattr(actor, "_optimizer_step", lambda: verl_grads.append([p.grad.clone() for p in module.parameters()]) or torch.tensor(0.0))
+    actor.update_policy(DataProto.from_dict(tensors=data, meta_info={"temperature": 1.0}))
+    monkeypatch.undo()
+    assert len(verl_losses) == 2 and len(verl_grads) == 1  # two micro-batches of 4, one mini-batch of 8
+
+    # the pure side: the same forward as verl's (bf16 autocast, logits of the response positions), then the objective
+    module.zero_grad(set_to_none=True)
+    resp = data["responses"].shape[1]
+    accumulation = config.ppo_mini_batch_size // config.ppo_micro_batch_size_per_gpu
+    for i, rows in enumerate((slice(0, 4), slice(4, 8))):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = module(input_ids=data["input_ids"][rows], attention_mask=data["attention_mask"][rows],
+                            position_ids=data["position_ids"][rows], use_cache=False).logits
+            logits = logits.div_(1.0)[:, -resp - 1 : -1, :]
+            log_prob = plugin._ORIG["logprobs_from_logits"](logits, data["responses"][rows])
+            entropy = _method_entropy(logits, method)
+        args = (data["old_log_probs"][rows], log_prob, data["advantages"][rows], data["attention_mask"][rows, -resp:], entropy)
+        loss = ppo_objective(*args, policy_loss=method.policy_loss, entropy_coeff=method.entropy_coeff,
+                             loss_agg_mode=config.loss_agg_mode, config=config) / accumulation
+        assert torch.equal(loss.detach(), verl_losses[i]), (loss.item(), verl_losses[i].item())
+        if method.entropy_coeff:  # the entropy term is in the loss verl backpropagates
+            without = ppo_objective(*args, policy_loss=method.policy_loss, entropy_coeff=0.0, config=config) / accumulation
+            assert not torch.equal(without.detach(), verl_losses[i])
+        loss.backward()
+    for p, g in zip(module.parameters(), verl_grads[0]):
+        assert torch.equal(p.grad, g)

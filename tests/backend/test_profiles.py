@@ -79,8 +79,8 @@ def test_paper_profile_matches_the_authors_script(row, tmp_path):
     assert got["trainer.default_local_dir"] == str(tmp_path / "run" / "checkpoints")
     assert got["data.seed"] == "3"
     # The authors' extra keys, expressed through the registry's policy losses and our entropy keys.
-    # dual_clip: the authors' PPO loss without verl 0.4.1's log-ratio clamp (docs/fidelity.md, "Losses")
-    loss_mode = {"forking_tokens": "forking_tokens", "kl_cov": "kl_cov_fork"}.get(method, "dual_clip")
+    # tre_dual_clip: the authors' PPO loss without verl 0.4.1's log-ratio clamp (docs/fidelity.md, "Losses")
+    loss_mode = {"forking_tokens": "tre_forking_tokens", "kl_cov": "tre_kl_cov_fork"}.get(method, "tre_dual_clip")
     assert got[f"{a}.policy_loss.loss_mode"] == loss_mode
     assert got[f"{a}.tre_entropy"] == {"tre_k": "tre_k", "tre_p": "tre_p", "entropy": "full"}.get(method, "none")
     if method == "forking_tokens":
@@ -103,7 +103,7 @@ def test_keys_verl_lacks_get_a_plus_and_the_list_composes():
     assert "actor_rollout_ref.actor.entropy_coeff=0.001" in items  # verl has this key: no '+'
     resolved = resolve(compose(items))
     assert resolved["actor_rollout_ref"]["actor"]["entropy_top_p"] == 0.99
-    assert resolved["actor_rollout_ref"]["actor"]["policy_loss"]["loss_mode"] == "dual_clip"
+    assert resolved["actor_rollout_ref"]["actor"]["policy_loss"]["loss_mode"] == "tre_dual_clip"
     assert resolved["actor_rollout_ref"]["ref"]["log_prob_micro_batch_size_per_gpu"] == 4
     assert resolved["actor_rollout_ref"]["model"]["external_lib"] == "tre.backend.plugin"
     assert resolved["actor_rollout_ref"]["actor"]["checkpoint"]["save_contents"] == ["model", "optimizer", "extra", "hf_model"]
@@ -125,6 +125,25 @@ def test_tiny_profile_is_cpu_ready(tmp_path):
     assert got["actor_rollout_ref.model.use_remove_padding"] == got["critic.model.use_remove_padding"] == "False"
     assert got["trainer.n_gpus_per_node"] == "1"
     assert got["actor_rollout_ref.model.path"] == str(tmp_path)
+
+
+def test_tiny_profile_is_the_miniature(tmp_path):
+    """`train --size tiny` is the CPU miniature's run: its batch, steps, arithmetic budget and entropy coefficients."""
+    def run(task, method):
+        return override_map(overrides(RunSpec(task, "tiny", method, profile="tiny", model_path=str(tmp_path))))
+
+    got = run("math", "tre_k")
+    assert {k: got[k] for k in ("data.train_batch_size", "actor_rollout_ref.rollout.n", "trainer.total_training_steps",
+                                "trainer.test_freq", "trainer.save_freq", "data.max_prompt_length",
+                                "data.max_response_length")} == {
+        "data.train_batch_size": "8", "actor_rollout_ref.rollout.n": "4", "trainer.total_training_steps": "16",
+        "trainer.test_freq": "4", "trainer.save_freq": "16", "data.max_prompt_length": "72", "data.max_response_length": "20"}
+    coeff = "actor_rollout_ref.actor.entropy_coeff"
+    assert [run("math", m)[coeff] for m in ("entropy", "tre_k", "tre_p", "ppo", "forking_tokens")] == ["0.3", "0.03", "0.03", "0", "0"]
+    assert (run("countdown", "ppo")["data.max_prompt_length"], run("countdown", "ppo")["data.max_response_length"]) == ("256", "32")
+    # a user override still wins over the profile's coefficient
+    user = overrides(RunSpec("math", "tiny", "entropy", profile="tiny", model_path=str(tmp_path), extra=(f"{coeff}=0.5",)))
+    assert override_map(user)[coeff] == "0.5" and sum(i.split("=")[0] == coeff for i in user) == 1
 
 
 @pytest.mark.parametrize("spec, field", [

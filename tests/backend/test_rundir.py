@@ -78,7 +78,7 @@ def test_config_record_fields():
 
 
 def test_config_record_holds_the_entropy_coefficient_verl_applied():
-    # The tiny grid's method_overrides raise the entropy run's coefficient from the registry's 0.001 to 0.3.
+    # The miniature (the tiny profile) raises the entropy run's coefficient from the registry's 0.001 to 0.3.
     from baselines import get_method
     from tre.backend.launch import compose, resolve
     from tre.backend.profiles import RunSpec, overrides
@@ -90,13 +90,13 @@ def test_config_record_holds_the_entropy_coefficient_verl_applied():
     assert resolved["actor_rollout_ref"]["actor"]["entropy_coeff"] == 0.3
     assert rec["method_spec"]["entropy_coeff"] == 0.3 and rec["method_registry"] == {"entropy_coeff": 0.001}
     assert {k: rec["method_spec"][k] for k in ("name", "entropy", "policy_loss")} == {"name": "entropy", "entropy": "full",
-                                                                                     "policy_loss": "dual_clip"}
-    # without an override the record is the registry's method, and nothing is marked as replaced
-    plain = RunSpec("math", "tiny", "tre_p", profile="tiny", model_path="m")
+                                                                                     "policy_loss": "tre_dual_clip"}
+    # where nothing replaces a registry value the record is the registry's method, and nothing is marked as replaced
+    plain = RunSpec("math", "tiny", "kl_cov", profile="tiny", model_path="m")
     items = overrides(plain)
-    rec = rundir.config_record(plain, get_method("tre_p"), items, resolve(compose(items)))
-    assert rec["method_spec"] == rundir.method_record(get_method("tre_p")) and rec["method_registry"] == {}
-    assert rec["total_steps"] == 8  # the tiny profile's trainer.total_training_steps, for the launcher's "step i/N"
+    rec = rundir.config_record(plain, get_method("kl_cov"), items, resolve(compose(items)))
+    assert rec["method_spec"] == rundir.method_record(get_method("kl_cov")) and rec["method_registry"] == {}
+    assert rec["total_steps"] == 16  # the tiny profile's trainer.total_training_steps, for the launcher's "step i/N"
 
 
 def test_launches_sum_their_wall_times_and_skip_a_torn_line(tmp_path):

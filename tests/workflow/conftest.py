@@ -20,11 +20,14 @@ CLUSTER_ENV = {"SLURM_CI_NODES": "2", "SLURM_CI_GPUS": "2"}
 
 @pytest.fixture
 def standin_workdir(tmp_path: Path, monkeypatch) -> Path:
-    """A Snakemake working directory whose `python -m evaluation/tre.backend/figures` are the stand-ins (the rest of
-    each package is the real one, found through $TRE_STANDIN_REPO)."""
+    """A Snakemake working directory whose step CLIs are the stand-ins (the rest of each package is the real one,
+    found through $TRE_STANDIN_REPO)."""
     monkeypatch.setenv("TRE_STANDIN_REPO", str(REPO))
     work = tmp_path / "work"
     shutil.copytree(STANDINS, work)
+    # the configs name the offline fixtures relative to the working directory (as from the repo root)
+    (work / "evaluation" / "tasks").mkdir()
+    (work / "evaluation" / "tasks" / "fixtures").symlink_to(REPO / "evaluation" / "tasks" / "fixtures")
     return work
 
 

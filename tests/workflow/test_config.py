@@ -90,6 +90,7 @@ def test_step_resources_layers_default_launcher_and_step():
 
 def test_command_lines_follow_the_step_interfaces():
     cfg = wfc.resolve({"train": {"overrides": ["trainer.total_training_steps=2"],
+                                 "task_overrides": {"math": ["data.max_prompt_length=72", "data.max_response_length=20"]},
                                  "method_overrides": {"tre_k": ["actor_rollout_ref.actor.entropy_coeff=0.01"]}}})
     run = wfc.Run("hh", "tiny", "tre_k", 1)
     assert wfc.train_args(cfg, run) == [
@@ -130,19 +131,40 @@ def test_paper_runs_pass_hub_models_and_multi_node_overrides():
                                           "--test-size", "5000"]
 
 
-def test_method_spec_changes_with_the_method_and_its_overrides(tmp_path):
-    cfg = wfc.resolve({})
-    table = wfc.method_table(tmp_path)
+def test_method_spec_changes_with_the_method_and_its_overrides():
+    cfg = wfc.resolve({"train": {"overrides": ["a=1"]}})
+    table = wfc.method_table()
     assert table["tre_k"]["entropy"] == "tre_k" and table["tre_k"]["top_k"] == 2
+    assert "label" not in table["tre_k"]  # presentation: relabelling a method reruns nothing
     a = wfc.method_spec(cfg, wfc.Run("math", "tiny", "tre_k", 0))
-    b = wfc.method_spec(wfc.resolve({"train": {"method_overrides": {"tre_k": ["x=1"]}}}),
+    b = wfc.method_spec(wfc.resolve({"train": {"overrides": ["a=1"], "method_overrides": {"tre_k": ["x=1"]}}}),
                         wfc.Run("math", "tiny", "tre_k", 0))
-    assert a["method_spec"] == table["tre_k"] and a["overrides"][-1] == "actor_rollout_ref.actor.entropy_coeff=0.03"
-    assert b["overrides"] == a["overrides"][:-1] + ["x=1"]
+    assert a["method_spec"] == table["tre_k"] and a["overrides"] == ["a=1"]
+    assert b["overrides"] == ["a=1", "x=1"]
     assert json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True)
-    # a second call reads the cache written by the first
-    assert len(list(tmp_path.glob("methods-*.json"))) == 1
-    assert wfc.method_table(tmp_path) == table
+    assert wfc.method_spec(cfg, wfc.Run("math", "tiny", "tre_p", 0))["method_spec"] == table["tre_p"] != table["tre_k"]
+
+
+def test_schema_enums_are_the_grids_names():
+    from figures import ARTEFACTS
+    from tre.backend.profiles import PROFILES
+    from tre.grid import METHODS, SIZES, TASKS, TRE_METHODS
+
+    props = wfc.load_schema()["properties"]
+    assert props["tasks"]["items"]["enum"] == list(TASKS) == ["math", "countdown", "hh"]
+    assert props["sizes"]["items"]["enum"] == list(SIZES) == ["tiny", "1.5b", "7b"]
+    assert props["methods"]["items"]["enum"] == list(METHODS)
+    assert props["figures"]["items"]["enum"] == list(ARTEFACTS)
+    assert props["profile"]["enum"] == list(PROFILES) and props["grid"]["enum"] == list(wfc.GRIDS)
+    assert props["figure1"]["properties"]["tre_method"]["enum"] == list(TRE_METHODS) == ["tre_k", "tre_p"]
+    assert list(props["data"]["properties"]) == list(props["train"]["properties"]["task_overrides"]["properties"]) == list(TASKS)
+    assert list(props["models"]["properties"]) == list(SIZES)
+
+
+def test_the_tiny_grid_is_the_backends_tiny_profile():
+    """The miniature's training settings live in the backend's tiny profile: the grid adds no override of its own."""
+    cfg = wfc.resolve({})
+    assert all(wfc.train_overrides(cfg, run) == [] for run in wfc.runs(cfg))
 
 
 def test_launcher_cmd_quotes_everything():

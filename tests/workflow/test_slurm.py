@@ -46,7 +46,7 @@ def test_tiny_pipeline_end_to_end_through_slurm(slurm_cluster, standin_workdir, 
         assert sacct(str(rec["job_id"])) == ["COMPLETED"]
         assert Path(work, rec["stderr"]).exists()  # submitit's logs stay, also on success
     hh = json.loads((work / "runs/hh/tiny/tre_k/seed0/summary.json").read_text())
-    assert hh["hh_reward"] == 4.0  # scored by the reward server the launcher ran inside the Slurm job
+    assert hh["final_val_score"] == 4.0  # scored by the reward server the launcher ran inside the Slurm job
     assert (work / "results/figures/curves.pdf").exists()
 
 

@@ -1,11 +1,14 @@
-"""The Snakefile: DAG of the grids, profiles, config errors, and the whole pipeline with stand-in steps."""
+"""The Snakefile: DAG of the grids, profiles, config errors, and the whole pipeline with stand-in steps (the real
+CLIs with their models, verl and Ray replaced; tests/workflow/standins)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from common.files import parquet_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"tasks": ["countdown", "hh"], "methods": ["ppo", "tre_k"], "seeds": [0], "figures": ["curves"],
@@ -109,16 +112,24 @@ def test_pipeline_runs_reruns_nothing_and_only_what_a_change_touches(standin_wor
     first = snakemake(work, "all", "--configfile", cfg)  # no --cores: the workflow profile gives them
     assert first.returncode == 0, first.stderr[-3000:]
     names = [c["name"] for c in _calls(work)]
-    assert names.count("train") == 4 and names.count("evaluate") == 4 and names.count("prepare") == 2
+    assert names.count("train") == 4 and names.count("evaluate") == 4
     assert names.count("reward_model.train") == 1 and names.count("reward_model.serve") == 4  # 2 HH trains + 2 evals
+    for task, rows in (("countdown", 48), ("hh", 30)):  # the real `evaluation.tasks prepare`
+        assert parquet_metadata(work / "data" / task / "train.parquet", "data").num_rows == rows
     for run in ("countdown/tiny/ppo/seed0", "countdown/tiny/tre_k/seed0", "hh/tiny/ppo/seed0", "hh/tiny/tre_k/seed0"):
         summary = json.loads((work / "runs" / run / "summary.json").read_text())
-        # the HH runs were scored through the reward server the launcher ran next to them
-        assert summary["hh_reward"] == (4.0 if run.startswith("hh") else None)
+        config = json.loads((work / "runs" / run / "config.json").read_text())
+        scores = json.loads((work / "runs" / run / "eval/16/scores.json").read_text())
+        assert (summary["status"], summary["steps"], config["total_steps"], scores["step"]) == ("completed", 16, 16, 16)
+        task, size, method, seed = run.split("/")
+        assert [config[k] for k in ("task", "size", "method", "seed")] == [task, size, method, int(seed[4:])]
+        # the HH runs were scored, in training and in evaluation, through the reward server the launcher ran
+        assert summary["final_val_score"] == scores["metrics"]["mean@4"] == (4.0 if run.startswith("hh") else 0.0)
         assert json.loads((work / "logs/train" / run / "job.json").read_text())["state"] == "completed"
     assert (work / "results/figures/curves.pdf").exists() and (work / "results/figures/curves.png").exists()
+    assert "collected 4 runs" in (work / "logs/collect/collect.log").read_text()  # the real collect, no run skipped
     # each training job's progress reaches Snakemake's terminal, not only its log
-    assert "train countdown/tiny/tre_k/seed0: step 1/1" in first.stderr
+    assert "train countdown/tiny/tre_k/seed0: step 16/16" in first.stderr
 
     report = snakemake(work, "all", "--configfile", cfg, "--report", "report.html")
     assert report.returncode == 0, report.stderr[-2000:]
@@ -161,9 +172,9 @@ def test_warm_start_runs_once_before_the_runs_that_start_from_it(standin_workdir
 
 def test_archive_only_figures_need_no_runs(standin_workdir, snakemake):
     work = standin_workdir
-    for name in ("metrics", "runs", "eval"):
-        (work / "results").mkdir(exist_ok=True)
-        (work / "results" / f"{name}.csv").write_text("run\n")
+    (work / "results").mkdir()
+    for name in ("metrics", "runs", "eval"):  # the real figure is drawn from the repo's archive
+        shutil.copy(REPO / "results" / f"{name}.csv", work / "results")
     cfg = _write_config(work, {"archive_only": True})
     proc = snakemake(work, "all", "--configfile", cfg)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -6,6 +6,6 @@
 Importing this package does not import verl; the plug-in lives in `tre.backend.plugin` (loaded by verl itself).
 """
 
-from tre.backend.profiles import PROFILES, SIZES, TASKS, RunSpec, SpecError, overrides
+from tre.backend.profiles import PROFILES, RunSpec, SpecError, overrides
 
-__all__ = ["PROFILES", "SIZES", "TASKS", "RunSpec", "SpecError", "overrides"]
+__all__ = ["PROFILES", "RunSpec", "SpecError", "overrides"]

@@ -8,10 +8,12 @@ import warnings
 from typing import Optional
 
 from common.argtypes import Parser
-from tre.backend.profiles import PROFILES, SIZES, TASKS, WANDB_MODES, RunSpec, SpecError
+from tre.backend.profiles import PROFILES, WANDB_MODES, RunSpec, SpecError
+from tre.grid import METHODS, SIZES, TASKS
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m tre.backend` argument parser."""
     parser = Parser(prog="python -m tre.backend", description="verl PPO runs with TRE and the baselines")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", "run one PPO experiment and write its run directory"),
@@ -19,7 +21,7 @@ def _build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
         p.add_argument("--size", required=True, help=f"one of {', '.join(SIZES)}")
-        p.add_argument("--method", required=True, help="a baselines.METHODS name (ppo, entropy, kl_cov, forking_tokens, tre_k, tre_p, ...)")
+        p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--profile", default=None, help=f"one of {', '.join(PROFILES)} (default: tiny for size tiny, else paper)")
         p.add_argument("--run-dir", default=None, help="default runs/<task>/<size>/<method>/seed<N>")
@@ -46,7 +48,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # verl 0.4.1 imports pkg_resources; keep `overrides` output (and errors) free of that warning.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     try:
-        args = _build_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (2) and --help (0) as return codes, for callers of main()
         return int(exc.code or 0)
     try:

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
+from baselines.methods import FORKING_TOKENS_LOSS
 from tre.backend import rundir
 from tre.backend.profiles import RunSpec, SpecError, default_run_dir, overrides, split_override, validate, verl_config_dir
 
@@ -73,7 +74,7 @@ def preflight(resolved: dict[str, Any], spec: RunSpec) -> None:
     if reward and not os.path.exists(reward):
         raise SpecError(f"custom_reward_function.path: {reward} does not exist (evaluation.tasks is missing the task's scorer)")
     actor = resolved["actor_rollout_ref"]["actor"]
-    needs_logits = actor.get("tre_entropy") in ("tre_k", "tre_p") or actor["policy_loss"]["loss_mode"] == "forking_tokens"
+    needs_logits = actor.get("tre_entropy") in ("tre_k", "tre_p") or actor["policy_loss"]["loss_mode"] == FORKING_TOKENS_LOSS
     if needs_logits and resolved["actor_rollout_ref"]["model"].get("use_fused_kernels"):
         raise SpecError("actor_rollout_ref.model.use_fused_kernels: must be False for TRE and Forking-Tokens methods, got True")
 

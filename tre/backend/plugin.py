@@ -1,19 +1,23 @@
 """The verl 0.4.1 plug-in, imported in every worker through `actor_rollout_ref.model.external_lib=tre.backend.plugin`.
 
-What it changes, and only for an actor whose config asks for it (the reference policy is never touched):
+What the patched actor minimises is `baselines.objective.ppo_objective`: verl's update_policy forms
+`pg_loss - agg(entropy) * entropy_coeff` itself, and the plug-in supplies the two pieces (tests/backend/test_plugin.py
+proves the equality of value and gradients). What it changes, and only for an actor whose config asks for it (the
+reference policy is never touched):
   * the entropy inside the policy-update loss becomes TRE-K / TRE-P (`tre.trust_region_entropy`); the logged
     `actor/entropy` (old policy, `compute_log_prob`, no grad) stays verl's full-vocabulary entropy, as in the fork;
   * Forking-Tokens gets the current micro-batch's per-token entropy even when `entropy_coeff == 0`
     (forking_scope=micro_batch, the authors'); with forking_scope=batch the top-entropy mask is taken over the
     whole mini-batch, from one extra no-grad forward of it at the weights its update starts from;
-  * the baselines' policy losses are registered with verl's registry under their `baselines.POLICY_LOSSES` names;
+  * the baselines' policy losses are registered with verl's registry under their `baselines.POLICY_LOSSES` names
+    (all `tre_`-prefixed, so verl's own `kl_cov` / `clip_cov` stay verl's);
   * every update logs `actor/top1_prob_sum` and the trust-region diagnostics (`actor/tre_k_entropy`,
     `actor/tre_p_entropy`, `actor/tre_p_size`, `actor/tail_mass_k`, `actor/tail_mass_p`) on response tokens,
     plus `actor/loss_entropy` (the entropy term the loss used) and `actor/forking_token_frac`;
   * `use_fused_kernels=True` is refused for TRE and Forking (fused kernels never expose the logits).
 
 Actor config keys (Hydra `+actor_rollout_ref.actor.<key>`): tre_entropy (none|full|tre_k|tre_p), entropy_top_k,
-entropy_top_p, entropy_max_candidates (256), tre_diagnostics (bool); Forking reads policy_loss.forking_top_ratio
+entropy_top_p, entropy_max_candidates (default tre.grid.TRE_MAX_CANDIDATES), tre_diagnostics (bool); Forking reads policy_loss.forking_top_ratio
 and policy_loss.forking_scope (micro_batch|batch).
 """
 
@@ -27,15 +31,13 @@ from typing import Any, Optional
 
 import torch
 
-from baselines import POLICY_LOSSES, agg_loss, forking_mask
+from baselines import POLICY_LOSSES, aggregated_entropy, forking_mask
 from baselines.forking_tokens import SCOPES as FORKING_SCOPES
 from baselines.common import cfg
-from baselines.methods import ENTROPY_KINDS
+from baselines.methods import ENTROPY_KINDS, FORKING_TOKENS_LOSS
+from tre.grid import TRE_MAX_CANDIDATES, TRE_TOP_K, TRE_TOP_P
 from tre.kernel import trust_region_entropy, trust_region_stats
 
-DIAG_TOP_K = 2
-DIAG_TOP_P = 0.99
-DIAG_MAX_CANDIDATES = 256
 _DIAG_BLOCK_ELEMS = 1 << 25  # fp32 elements of scratch per diagnostics block (128 MiB)
 
 
@@ -50,7 +52,7 @@ class ActorSpec:
     entropy: str = "none"  # which entropy the update's bonus uses
     top_k: Optional[int] = None
     top_p: Optional[float] = None
-    max_candidates: int = DIAG_MAX_CANDIDATES
+    max_candidates: int = TRE_MAX_CANDIDATES
     forking: bool = False  # the policy loss needs per-token entropies of the current policy
     diagnostics: bool = False
     forking_scope: str = "micro_batch"  # which tokens compete for the top-entropy share: micro_batch | batch
@@ -80,11 +82,11 @@ def actor_spec(config: Any) -> ActorSpec:
         raise PluginConfigError(f"actor.entropy_top_p: tre_entropy=tre_p needs a number in (0, 1) and no entropy_top_k, got top_p={top_p!r}, top_k={top_k!r}")
     if kind in ("none", "full") and (top_k is not None or top_p is not None):
         raise PluginConfigError(f"actor.tre_entropy: entropy_top_k/entropy_top_p are set but tre_entropy={kind!r}; allowed with them: tre_k, tre_p")
-    max_cand = cfg(config, "entropy_max_candidates", DIAG_MAX_CANDIDATES)
+    max_cand = cfg(config, "entropy_max_candidates", TRE_MAX_CANDIDATES)
     if isinstance(max_cand, bool) or not isinstance(max_cand, int) or max_cand < 1:
         raise PluginConfigError(f"actor.entropy_max_candidates: must be an integer >= 1, got {max_cand!r}")
     loss_mode = cfg(config, "policy_loss.loss_mode", "vanilla")
-    forking = loss_mode == "forking_tokens"
+    forking = loss_mode == FORKING_TOKENS_LOSS
     scope = cfg(config, "policy_loss.forking_scope", "micro_batch")
     if forking and scope not in FORKING_SCOPES:
         raise PluginConfigError(f"actor.policy_loss.forking_scope: must be one of {', '.join(FORKING_SCOPES)}, got {scope!r}")
@@ -95,7 +97,7 @@ def actor_spec(config: Any) -> ActorSpec:
                      forking, bool(cfg(config, "tre_diagnostics", False)), scope if forking else "micro_batch")
     if spec.needs_logits and cfg(config, "use_fused_kernels", False):
         raise PluginConfigError(f"actor_rollout_ref.model.use_fused_kernels: must be False for tre_entropy={kind}"
-                                f"{' / loss_mode=forking_tokens' if forking else ''} (fused kernels never expose the logits), got True")
+                                f"{f' / loss_mode={FORKING_TOKENS_LOSS}' if forking else ''} (fused kernels never expose the logits), got True")
     return spec
 
 
@@ -124,7 +126,8 @@ DIAG_KEYS = {"actor/top1_prob_sum": "top1_prob", "actor/tre_k_entropy": "tre_k_e
 
 def _diag_sums(x: torch.Tensor) -> torch.Tensor:
     """Per-metric sums over the rows of x (n, V), in DIAG_KEYS order."""
-    stats = trust_region_stats(x, top_k=min(DIAG_TOP_K, x.shape[-1]), top_p=DIAG_TOP_P, max_candidates=DIAG_MAX_CANDIDATES)
+    # The diagnostics watch the paper's trust regions (K, p, cap), whatever the run's own method
+    stats = trust_region_stats(x, top_k=min(TRE_TOP_K, x.shape[-1]), top_p=TRE_TOP_P, max_candidates=TRE_MAX_CANDIDATES)
     return torch.stack([stats[key].sum() for key in DIAG_KEYS.values()])
 
 
@@ -262,7 +265,7 @@ def _install() -> None:
             STATE.token_entropy = entropy.detach()
         if calculate_entropy:
             loss_agg_mode = self.config.get("loss_agg_mode", "token-mean")
-            STATE.record({"actor/loss_entropy": agg_loss(entropy.detach().float(), response_mask, loss_agg_mode).item()})
+            STATE.record({"actor/loss_entropy": aggregated_entropy(entropy.detach().float(), response_mask, loss_agg_mode).item()})
             return entropy, log_probs
         return None, log_probs
 
@@ -283,12 +286,8 @@ def _install() -> None:
 
     cls.__init__, cls._forward_micro_batch, cls.update_policy = __init__, _forward_micro_batch, update_policy
 
-    for name, fn in POLICY_LOSSES.items():
-        if name == "forking_tokens":
-            core_algos.register_policy_loss(name)(_forking_from_state)
-        elif name not in core_algos.POLICY_LOSS_REGISTRY:
-            # verl's own kl_cov / clip_cov stay verl's (the reference implementation of those names).
-            core_algos.register_policy_loss(name)(fn)
+    for name, fn in POLICY_LOSSES.items():  # tre_-prefixed (baselines.methods.LOSS_PREFIX): none replaces verl's
+        core_algos.register_policy_loss(name)(_forking_from_state if name == FORKING_TOKENS_LOSS else fn)
     _PATCHED = True
 
 
@@ -345,7 +344,7 @@ def _forking_from_state(old_log_prob, log_prob, advantages, response_mask, loss_
         mask = forking_mask(entropy, response_mask, ratio)
     valid = float(response_mask.sum())
     STATE.record({"actor/forking_token_frac": float((mask * response_mask).sum()) / valid if valid else math.nan})
-    return POLICY_LOSSES["forking_tokens"](old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, entropy_top_mask=mask)
+    return POLICY_LOSSES[FORKING_TOKENS_LOSS](old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, entropy_top_mask=mask)
 
 
 _ORIG: dict[str, Any] = {}

@@ -13,17 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from baselines import METHODS, Method, get_method
+from tre.grid import METHODS, PAPER_SIZES, SIZES, TASKS, VALIDATION_TEMPERATURE, VALIDATION_TOP_P, Method, get_method
 
-TASKS = ("math", "countdown", "hh")
-SIZES = ("1.5b", "7b", "tiny")
 PROFILES = ("paper", "tiny")
 WANDB_MODES = ("disabled", "offline", "online")
 
 PLUGIN_MODULE = "tre.backend.plugin"
-HUB_MODELS = {"1.5b": "Qwen/Qwen2.5-1.5B-Instruct", "7b": "Qwen/Qwen2.5-7B-Instruct"}
-DIAGNOSTIC_TOP_K = 2  # the K of the logged actor/tre_k_entropy and actor/tail_mass_k
-DIAGNOSTIC_TOP_P = 0.99  # the p of the logged actor/tre_p_entropy, actor/tre_p_size and actor/tail_mass_p
 
 
 @dataclass(frozen=True)
@@ -62,7 +57,7 @@ class RunSpec:
     profile: str = "paper"
     run_dir: Optional[str] = None  # default: runs/<task>/<size>/<method>/seed<seed>
     data_dir: Optional[str] = None  # default: data/<task>
-    model_path: Optional[str] = None  # default: the hub id for 1.5b/7b; required for tiny
+    model_path: Optional[str] = None  # default: the size's hub model; required for a size without one (tiny)
     wandb: str = "disabled"
     extra: Sequence[str] = field(default_factory=tuple)  # user key=value overrides, applied last
 
@@ -78,18 +73,18 @@ def _choice(field_name: str, value, allowed: Sequence[str]) -> None:
 
 def validate(spec: RunSpec) -> Method:
     """Check every field of `spec`; returns its Method. Raises SpecError with one clear line."""
-    _choice("task", spec.task, TASKS)
-    _choice("size", spec.size, SIZES)
+    _choice("task", spec.task, tuple(TASKS))
+    _choice("size", spec.size, tuple(SIZES))
     _choice("profile", spec.profile, PROFILES)
     _choice("wandb", spec.wandb, WANDB_MODES)
     if spec.method not in METHODS:
         raise SpecError(f"method: must be one of {', '.join(METHODS)}, got {spec.method!r}")
     if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or spec.seed < 0:
         raise SpecError(f"seed: must be an integer >= 0, got {spec.seed!r}")
-    if spec.profile == "paper" and spec.size == "tiny":
-        raise SpecError("size: the paper profile has sizes 1.5b, 7b; use --profile tiny for size tiny")
-    if spec.size == "tiny" and not spec.model_path:
-        raise SpecError("model_path: size tiny needs a local model directory (--model-path DIR or model_path=DIR)")
+    if spec.profile == "paper" and spec.size not in PAPER_SIZES:
+        raise SpecError(f"size: the paper profile has sizes {', '.join(PAPER_SIZES)}; use --profile tiny for size {spec.size}")
+    if not SIZES[spec.size].hub_model and not spec.model_path:
+        raise SpecError(f"model_path: size {spec.size} needs a local model directory (--model-path DIR or model_path=DIR)")
     for item in spec.extra:
         split_override(item)
     return get_method(spec.method)
@@ -121,7 +116,7 @@ def _hydra_list(items: Sequence[str]) -> str:
 def _model_path(spec: RunSpec) -> str:
     if spec.model_path:
         return os.path.abspath(os.path.expanduser(spec.model_path)) if os.path.exists(os.path.expanduser(spec.model_path)) else spec.model_path
-    return HUB_MODELS[spec.size]
+    return SIZES[spec.size].hub_model
 
 
 def evaluation_tasks_dir() -> Path:
@@ -263,57 +258,75 @@ def paper_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
 
 
 def _sampling(r: str) -> list[tuple[str, str]]:
-    """The authors' sampling: rollout at T = 1.0 over the full vocabulary; validation one sample at T = 1.0, top-p 0.7."""
+    """The authors' sampling: rollout at T = 1.0 over the full vocabulary; validation as tre.grid's (one sample)."""
     return [
         (f"{r}.temperature", "1.0"),
         (f"{r}.top_p", "1.0"),
         (f"{r}.top_k", "-1"),
-        (f"{r}.val_kwargs.temperature", "1.0"),
-        (f"{r}.val_kwargs.top_p", "0.7"),
-        (f"{r}.val_kwargs.top_k", "-1"),
+        (f"{r}.val_kwargs.temperature", repr(VALIDATION_TEMPERATURE)),
+        (f"{r}.val_kwargs.top_p", repr(VALIDATION_TOP_P)),
+        (f"{r}.val_kwargs.top_k", "-1"),  # verl's "no top-k"
         (f"{r}.val_kwargs.do_sample", "True"),
         (f"{r}.val_kwargs.n", "1"),
     ]
 
 
+# The miniature's (prompt, response) token budget per task; math is its generated arithmetic, whose prompt is 65-67
+# tokens.
+TINY_LENGTHS: Mapping[str, tuple[int, int]] = {"math": (72, 20)}
+TINY_DEFAULT_LENGTHS = (256, 32)
+# The miniature's entropy coefficient per entropy kind (it replaces the registry's): a large global coefficient makes
+# the mass it leaks into the tail visible; TRE's is smaller because its ln|V|/ln|set| factor (13x for TRE-K at the
+# tiny vocabulary) already scales it up.
+TINY_ENTROPY_COEFFS: Mapping[str, float] = {"full": 0.3, "tre_k": 0.03, "tre_p": 0.03}
+
+
 def tiny_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
-    """A few-second PPO step on 2 CPU cores: batch 4 x n 2, short sequences, HF rollout, FSDP2, no remove-padding."""
+    """The CPU miniature (README, "The CPU miniature"): 16 PPO steps of 8 prompts x 4 samples on 2 CPU cores.
+
+    Two mini-batches per step, so two policy updates as in the paper's several (with one, PPO's ratio is exactly 1
+    and KL-Cov and the clip would do nothing); validation every 4 steps on up to 256 prompts with the authors'
+    sampling; HF rollout, FSDP2, no remove-padding."""
     a, r, c = "actor_rollout_ref.actor", "actor_rollout_ref.rollout", "critic"
+    prompt_len, response_len = TINY_LENGTHS.get(spec.task, TINY_DEFAULT_LENGTHS)
+    coeff = [(f"{a}.{METHOD_KEYS['entropy_coeff']}", repr(TINY_ENTROPY_COEFFS[method.entropy]))] \
+        if method.entropy in TINY_ENTROPY_COEFFS else []
     return [
-        ("data.train_batch_size", "4"),
-        ("data.val_batch_size", "16"),
-        ("data.max_prompt_length", "256"),
-        ("data.max_response_length", "32"),
+        ("data.train_batch_size", "8"),
+        ("data.val_batch_size", "256"),
+        ("data.max_prompt_length", str(prompt_len)),
+        ("data.max_response_length", str(response_len)),
         ("data.filter_overlong_prompts", "True"),
         ("data.truncation", "error"),
         ("data.dataloader_num_workers", "0"),
         ("actor_rollout_ref.model.use_remove_padding", "False"),
         ("actor_rollout_ref.model.enable_gradient_checkpointing", "False"),
         (f"{a}.strategy", "fsdp2"),
-        (f"{a}.optim.lr", "1e-06"),
+        (f"{a}.optim.lr", "2e-4"),
         (f"{a}.ppo_mini_batch_size", "4"),
-        (f"{a}.ppo_micro_batch_size_per_gpu", "4"),
+        (f"{a}.ppo_micro_batch_size_per_gpu", "16"),
         (f"{a}.use_kl_loss", "False"),
         (f"{a}.use_torch_compile", "False"),
         (f"{a}.fsdp_config.param_offload", "False"),
         (f"{a}.fsdp_config.optimizer_offload", "False"),
+        *coeff,
         (f"{r}.name", "hf"),
         (f"{r}.tensor_model_parallel_size", "1"),
-        (f"{r}.log_prob_micro_batch_size_per_gpu", "4"),
-        (f"{r}.n", "2"),
+        (f"{r}.log_prob_micro_batch_size_per_gpu", "32"),
+        (f"{r}.n", "4"),
         *_sampling(r),
-        ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", "4"),
+        ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", "32"),
         (f"{c}.strategy", "fsdp2"),
         (f"{c}.optim.lr", "1e-05"),
         (f"{c}.model.use_remove_padding", "False"),
         (f"{c}.model.enable_gradient_checkpointing", "False"),
-        (f"{c}.ppo_micro_batch_size_per_gpu", "4"),
+        (f"{c}.ppo_micro_batch_size_per_gpu", "16"),
         ("trainer.n_gpus_per_node", "1"),
         ("trainer.nnodes", "1"),
-        ("trainer.save_freq", "4"),
+        ("trainer.save_freq", "16"),
         ("trainer.test_freq", "4"),
         ("trainer.total_epochs", "1"),
-        ("trainer.total_training_steps", "8"),
+        ("trainer.total_training_steps", "16"),
     ]
 
 
@@ -352,7 +365,7 @@ def overrides(spec: RunSpec) -> list[str]:
     profile = paper_overrides(spec, method) if spec.profile == "paper" else tiny_overrides(spec, method)
     merged: dict[str, str] = {}
     for key, value in [*profile, *base]:
-        merged[key] = value
+        merged.setdefault(key, value)  # a profile's value wins (the miniature's entropy coefficients)
     items = [_format(k, v) for k, v in merged.items()]
     user = [split_override(item) for item in spec.extra]
     user_keys = {k for k, _ in user}

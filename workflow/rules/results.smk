@@ -74,7 +74,7 @@ rule table:
         md="results/tables/{name}.md",
         tex="results/tables/{name}.tex",
     wildcard_constraints:
-        name="table_[a-z0-9_]+",
+        name=one_of(n for n in ARTEFACTS if n.startswith("table")),
     log:
         "logs/figures/{name}.log",
     shell:

@@ -1,18 +1,37 @@
-"""Shared helpers of the stand-in CLIs: record each call, write files."""
+"""Shared helpers of the stand-in CLIs: become the real package, load a real module the stand-in shadows, record each
+call."""
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
+
+
+def repo() -> Path:
+    """The real repository ($TRE_STANDIN_REPO)."""
+    return Path(os.environ["TRE_STANDIN_REPO"])
 
 
 def become_real(namespace: dict) -> None:
     """Make a stand-in package the real one but for its stand-in modules: the real package's directory (under
     $TRE_STANDIN_REPO) joins its __path__ and the real __init__ runs in it, so that every other submodule (a writer, a
     parser, a constant) and every package-level name is the real one."""
-    real = Path(os.environ["TRE_STANDIN_REPO"], *namespace["__name__"].split("."))
+    real = repo().joinpath(*namespace["__name__"].split("."))
     namespace["__path__"].append(str(real))
     init = real / "__init__.py"
     exec(compile(init.read_text(), str(init), "exec"), namespace)
+
+
+def real_module(name: str) -> ModuleType:
+    """The real module `name` (e.g. "tre.backend.__main__"), loaded from its file under another module name: the
+    stand-in holds the real name. Its parser, its writers and its main are then the real ones."""
+    path = repo().joinpath(*name.split(".")).with_suffix(".py")
+    spec = importlib.util.spec_from_file_location(f"_real_{name.replace('.', '_')}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 def record(name: str) -> None:
@@ -20,16 +39,3 @@ def record(name: str) -> None:
     with open("calls.jsonl", "a") as f:
         f.write(json.dumps({"name": name, "argv": sys.argv[1:], "pid": os.getpid(),
                             "reward_url": os.environ.get("REWARD_SERVER_URL")}) + "\n")
-
-
-def write(path: str, text: str) -> None:
-    """Write text to path, making parents."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
-
-
-def arg(name: str, default=None):
-    """The value after --name in argv."""
-    argv = sys.argv
-    return argv[argv.index(name) + 1] if name in argv else default

@@ -1,21 +1,19 @@
-"""Stand-in: python -m figures collect RUNS --results R | dists --runs RUNS ... | NAME"""
-import json
+"""Stand-in: `python -m figures ...` is the real CLI (collect, every table and figure); `dists` has only the models'
+next-token distributions replaced: it writes the distributions file with its real columns and no rows."""
 import sys
-from pathlib import Path
 
-from _standin import arg, record, write
+from _standin import real_module, record
+from figures import next_token
+from figures.common import DISTS_FILE, atomic_write_text
+
+
+def extract(models, messages, results, *args, **kwargs):
+    """The distributions file, empty: the stand-in models have no weights to ask."""
+    path = results / DISTS_FILE
+    atomic_write_text(path, ",".join(next_token.DIST_COLUMNS) + "\n")
+    return path
+
 
 record(f"figures.{sys.argv[1]}")
-if sys.argv[1] == "collect":
-    runs = sorted(str(p.parent) for p in Path(sys.argv[2]).rglob("summary.json"))
-    for name in ("metrics", "runs", "eval"):
-        write(f"{arg('--results')}/{name}.csv", "run\n" + "\n".join(runs) + "\n")
-    write(f"{arg('--results')}/provenance.json", json.dumps({"runs": runs}))
-elif sys.argv[1] == "dists":
-    write(f"{arg('--results')}/next_token_dists.csv", "stage,rank,prob\n")
-elif sys.argv[1].startswith("table"):
-    for ext in ("csv", "md", "tex"):
-        write(f"results/tables/{sys.argv[1]}.{ext}", "method\n")
-else:
-    for ext in ("pdf", "png"):
-        write(f"results/figures/{sys.argv[1]}.{ext}", json.dumps({"figure": sys.argv[1]}))
+next_token.extract = extract
+sys.exit(real_module("figures.__main__").main(sys.argv[1:]))

@@ -1,20 +1,25 @@
-"""Stand-in: python -m evaluation.reward_model train --out DIR ... | serve --model DIR --host H --port P"""
+"""Stand-in: `python -m evaluation.reward_model train|serve ...`, its argv parsed by the real parser. train writes a
+model directory's config.json; serve answers GET /health and POST /predict (a response's reward is its length) and,
+as the real server, wants the bearer token when $REWARD_SERVER_TOKEN is set."""
 import json
 import os
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-from _standin import arg, record, write
+from _standin import real_module, record
 
 record(f"reward_model.{sys.argv[1]}")
-if sys.argv[1] == "train":
-    write(f"{arg('--out')}/config.json", '{"num_labels": 1}\n')
+args = real_module("evaluation.reward_model.__main__").parse_args(sys.argv[1:])
+if args.command == "train":
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    Path(args.out, "config.json").write_text('{"num_labels": 1}\n')
     sys.exit(0)
 
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
-        self._send(200 if self.path == "/health" else 404, {"status": "ok", "model": arg("--model")})
+        self._send(200 if self.path == "/health" else 404, {"status": "ok", "model": args.model})
 
     def do_POST(self):
         token = os.environ.get("REWARD_SERVER_TOKEN")  # as the real server: required when set
@@ -35,4 +40,4 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer((arg("--host"), int(arg("--port"))), Handler).serve_forever()
+ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
