@@ -126,6 +126,7 @@ def train(spec: RunSpec, *, log=print) -> int:
     if summary_path.exists():
         log(f"{run_dir}: already completed ({rundir.SUMMARY} exists); delete it to train again")
         return 0
+    rundir.read_metrics(Path(run_dir) / rundir.METRICS)  # a corrupt one stops here (RunDirError), before any write
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     start = resume_step(resolved)
     launch = rundir.start_launch(run_dir, start_step=start)  # before anything rewrites metrics.jsonl (a killed leg's clock)
