@@ -109,7 +109,15 @@ def test_run_dir_reads_config_checkpoints_metrics_and_scores(tmp_path):
     assert run.summary is None
     assert run.scores() == {"status": "incomplete", "val_metric": VAL, "final_val_score": 0.2, "best_val_score": 0.4,
                             "best_step": 2}
-    rundir.atomic_write_json(run.path / rundir.SUMMARY, {**summarize(run.metrics(), VAL), "status": "completed"})
+    first = rundir.start_launch(run.path, start_step=0, now=100.0)
+    rundir.end_launch(run.path, first, status="completed", now=112.5)
+    summary = rundir.summary_record(run.path, "math", "tiny", "ppo", 1, VAL)
+    assert summary == {"task": "math", "size": "tiny", "method": "ppo", "seed": 1, "val_metric": VAL, "final_val_score": 0.2,
+                       "best_val_score": 0.4, "best_step": 2, "steps": 4, "wall_time_s": 12.5, "launches": 1,
+                       "status": "completed"}
+    assert list(summary) == ["task", "size", "method", "seed", "val_metric", "final_val_score", "best_val_score",
+                             "best_step", "steps", "wall_time_s", "launches", "status"]  # summary.json's key order
+    rundir.atomic_write_json(run.path / rundir.SUMMARY, summary)
     assert RunDir(run.path).scores() == {"status": "completed", "val_metric": VAL, "final_val_score": 0.2,
                                          "best_val_score": 0.4, "best_step": 2}
 

@@ -294,6 +294,14 @@ def summarize(rows: list[Mapping[str, Any]], preferred_metric: Optional[str] = N
     }
 
 
+def summary_record(run_dir: str | os.PathLike, task: str, size: str, method: str, seed: int,
+                   preferred_metric: Optional[str] = None) -> dict[str, Any]:
+    """The summary.json object of a completed run: its key, summarize() of its metrics, and the wall time summed over
+    every launch (a run resumed after preemption reports all the time it took, not its last leg)."""
+    rows = read_metrics(Path(run_dir) / METRICS)
+    return {"task": task, "size": size, "method": method, "seed": seed, **summarize(rows, preferred_metric),
+            "wall_time_s": total_wall_time(run_dir), "launches": len(read_launches(run_dir)), "status": "completed"}
+
 def find_run_dirs(root: str | os.PathLike) -> list[Path]:
     """Every seed<k> directory under `root` that holds a run file (config.json, metrics.jsonl or summary.json), sorted."""
     found = set()
