@@ -2,8 +2,8 @@
 
 runs/<task>/<size>/<method>/seed<k>/{config.json, metrics.jsonl, launches.jsonl, summary.json, checkpoints/}
 
-The one writer and reader of this format: `RunDir` is what evaluation, figures and the workflow read a run with, so
-that verl's config layout and checkpoint folders are known only here. Importing this module imports no torch, verl
+The one writer and reader of this format: `RunDir` is what evaluation and figures read a run with, so that verl's
+config layout and checkpoint folders are known only here. Importing this module imports no torch, verl
 or pandas.
 """
 
@@ -23,7 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from common.files import BadFile, atomic_write_json, atomic_write_text, read_json_object  # noqa: F401  (atomic_write_json: the run files' writer)
+from common.files import BadFile, atomic_write_text, read_json_object
+from common.files import atomic_write_json  # noqa: F401  (the run files' writer, used as rundir.atomic_write_json)
 
 RUN_DIR_ENV = "TRE_RUN_DIR"  # set for the Ray workers: where the TaskRunner's Tracking also writes metrics.jsonl
 CONFIG, METRICS, SUMMARY, CHECKPOINTS = "config.json", "metrics.jsonl", "summary.json", "checkpoints"
@@ -302,6 +303,7 @@ def summary_record(run_dir: str | os.PathLike, task: str, size: str, method: str
     return {"task": task, "size": size, "method": method, "seed": seed, **summarize(rows, preferred_metric),
             "wall_time_s": total_wall_time(run_dir), "launches": len(read_launches(run_dir)), "status": "completed"}
 
+
 def find_run_dirs(root: str | os.PathLike) -> list[Path]:
     """Every seed<k> directory under `root` that holds a run file (config.json, metrics.jsonl or summary.json), sorted."""
     found = set()
@@ -314,7 +316,7 @@ def find_run_dirs(root: str | os.PathLike) -> list[Path]:
 
 class RunDir:
     """Reader of one run directory: config.json (with the base model and data files of verl's resolved config),
-    checkpoints, metrics, launches and summary.json, the one source of the run's scores.
+    checkpoints, metrics and summary.json, the one source of the run's scores (launches: read_launches).
 
     `what` names the run in error messages (a CLI argument such as RUN_DIR); by default the file's name does.
     """
@@ -383,17 +385,13 @@ class RunDir:
         if step is None and steps:
             step = max(steps)
         if step not in steps:
-            raise RunDirError(f"{self.path / CHECKPOINTS}: no global_step_{'<N>' if step is None else step}/actor/huggingface "
-                              "with a config.json")
+            name = f"global_step_{'<N>' if step is None else step}"
+            raise RunDirError(f"{self.path / CHECKPOINTS}: no {name}/actor/huggingface with a config.json")
         return steps[step]
 
     def metrics(self) -> list[dict[str, Any]]:
         """The rows of metrics.jsonl (see parse_metrics); [] when there is none."""
         return read_metrics(self.path / METRICS)
-
-    def launches(self) -> list[dict[str, Any]]:
-        """Every launch of the run (see read_launches)."""
-        return read_launches(self.path)
 
     @functools.cached_property
     def summary(self) -> Optional[dict[str, Any]]:
