@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from common.argtypes import Parser, int_at_least
+from tre.backend.rundir import RunDir
 from tre.grid import PAPER_METHODS
 
 
@@ -154,11 +155,10 @@ def _full_step_seconds(run_dirs: list[str]) -> dict[str, float]:
     """Median timing_s/step (steps >= 2, past warm-up) of finished runs, by method."""
     out = {}
     for run_dir in run_dirs:
-        config = json.loads((Path(run_dir) / "config.json").read_text())
-        rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-        steps = [r["timing_s/step"] for r in rows if r["step"] >= 2 and "timing_s/step" in r]
+        run = RunDir(run_dir)
+        steps = [r["timing_s/step"] for r in run.metrics() if r["step"] >= 2 and "timing_s/step" in r]
         if steps:
-            out[config["method"]] = statistics.median(steps)
+            out[run.config["method"]] = statistics.median(steps)
     return out
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from common.argtypes import output_dir
-from common.files import BadFile, atomic_write_text, read_json_object, read_parquet
+from common.files import BadFile, atomic_write_text, read_parquet
+from tre.backend.rundir import BASE_MODEL_FIELD, CONFIG, DATA_FIELDS, RunDir
 from tre.grid import VALIDATION_TEMPERATURE, VALIDATION_TOP_P
 
 NO_TOP_K = 0  # HF's "no top-k" (verl's -1): validation samples from the whole nucleus
@@ -25,7 +26,6 @@ LM_EVAL_TASKS = (LM_EVAL_TASK, MINERVA_TASK)
 LM_EVAL_DIR = Path(__file__).parent / "lm_eval_tasks"
 LM_EVAL_PYTHON = Path(__file__).resolve().parent.parent / ".venv-lmeval" / "bin" / "python"  # setup.sh --lm-eval-math
 _BUILD_LM_EVAL = "build .venv-lmeval with `bash workflow/setup.sh --lm-eval-math`"
-SPLIT_KEYS = {"test": "val_files", "train": "train_files"}
 # data_sources, responses, ground_truths, extra_infos -> one score per response
 Scorer = Callable[[Sequence[str], Sequence[str], Sequence[Any], Sequence[Any]], list[float]]
 
@@ -104,56 +104,44 @@ def load_examples(path: Path, limit: Optional[int] = None) -> list[Example]:
     return out
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """config.json of a run directory; EvalError when it is not one."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
+def open_run(run_dir: Path) -> RunDir:
+    """The run directory RUN_DIR with its config.json read; EvalError when it is not one."""
+    run = RunDir(run_dir, what="RUN_DIR")
+    if not (run.path / CONFIG).is_file():
         raise EvalError(f"RUN_DIR: {run_dir} is not a run directory (no config.json)")
     try:
-        return read_json_object(path, "RUN_DIR")
+        run.config
     except BadFile as exc:
         raise EvalError(str(exc)) from None
+    return run
 
 
-def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
-    """step -> HF model dir of every checkpoints/global_step_<N>/actor/huggingface with a config.json."""
-    out = {}
-    for d in (Path(run_dir) / "checkpoints").glob("global_step_*"):
-        step, hf = d.name.removeprefix("global_step_"), d / "actor" / "huggingface"
-        if step.isdigit() and (hf / "config.json").is_file():
-            out[int(step)] = hf
-    return dict(sorted(out.items()))
-
-
-def resolve_model(run_dir: Path, config: dict[str, Any], step: Optional[int]) -> tuple[int, str]:
+def resolve_model(run: RunDir, step: Optional[int]) -> tuple[int, str]:
     """(step, model dir): the given step's checkpoint (the last one by default); step 0 is the initial model."""
-    steps = checkpoint_steps(run_dir)
+    steps = run.checkpoints()
     if step == 0:
-        base = config.get("resolved", {}).get("actor_rollout_ref", {}).get("model", {}).get("path")
-        if not base:
-            raise EvalError(f"--step: 0 needs resolved.actor_rollout_ref.model.path in {run_dir}/config.json")
-        return 0, str(base)
+        if not run.base_model:
+            raise EvalError(f"--step: 0 needs {BASE_MODEL_FIELD} in {run.path}/config.json")
+        return 0, str(run.base_model)
     if step is None:
         if not steps:
-            raise EvalError(f"--step: {run_dir}/checkpoints has no global_step_<N>/actor/huggingface; use --step 0 for the initial model")
+            raise EvalError(f"--step: {run.path}/checkpoints has no global_step_<N>/actor/huggingface; use --step 0 for the initial model")
         step = max(steps)
     if step not in steps:
         raise EvalError(f"--step: must be 0 or one of {', '.join(map(str, steps)) or '(no checkpoints)'}, got {step}")
     return step, str(steps[step])
 
 
-def resolve_data(config: dict[str, Any], split: str, data: Optional[Path]) -> Path:
-    """The parquet to evaluate: --data, else the run's resolved val_files (test) or train_files (train)."""
+def resolve_data(run: RunDir, split: str, data: Optional[Path]) -> Path:
+    """The parquet to evaluate: --data, else the run's one data file of `split` (test: verl's val_files)."""
     if data is not None:
         return Path(data)
-    if split not in SPLIT_KEYS:
-        raise EvalError(f"--split: must be one of {', '.join(SPLIT_KEYS)}, got {split!r}")
-    files = config.get("resolved", {}).get("data", {}).get(SPLIT_KEYS[split])
-    if isinstance(files, (list, tuple)):
-        files = files[0] if len(files) == 1 else None
-    if not files:
-        raise EvalError(f"--data: the run's config names no single resolved.data.{SPLIT_KEYS[split]}; pass --data PARQUET")
-    return Path(files)
+    if split not in DATA_FIELDS:
+        raise EvalError(f"--split: must be one of {', '.join(DATA_FIELDS)}, got {split!r}")
+    files = run.data_files(split)
+    if len(files) != 1:
+        raise EvalError(f"--data: the run's config names no single {DATA_FIELDS[split]}; pass --data PARQUET")
+    return Path(files[0])
 
 
 def default_scorer(task: str) -> Scorer:
@@ -328,7 +316,8 @@ def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: st
             raise EvalError(f"--device: {device} is not available on this machine (no CUDA GPU); use cpu")
         if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
             raise EvalError(f"--device: must be cpu or cuda:0..{torch.cuda.device_count() - 1}, got {device}")
-    config = read_config(run_dir)
+    run = open_run(run_dir)
+    config = run.config
     task = config.get("task")
     run_lm_eval_check = lm_eval if lm_eval is not None else task == "math"
     if run_lm_eval_check and task != "math":
@@ -339,11 +328,11 @@ def evaluate(run_dir: Path, *, step: Optional[int] = None, n: int = 1, split: st
             raise EvalError(f"--lm-eval-python: {lm_eval_python} is not an executable interpreter; {_BUILD_LM_EVAL}")
         if lm_eval_data is not None and not Path(lm_eval_data).is_file():
             raise EvalError(f"--lm-eval-data: no such file {str(lm_eval_data)!r}")
-    step, model_dir = resolve_model(run_dir, config, step)
-    data_path = resolve_data(config, split, data)
+    step, model_dir = resolve_model(run, step)
+    data_path = resolve_data(run, split, data)
     examples = load_examples(data_path, limit)
     if max_new_tokens is None:
-        max_new_tokens = config.get("resolved", {}).get("data", {}).get("max_response_length")
+        max_new_tokens = run.max_response_length
         if max_new_tokens is None:
             from evaluation.tasks import get_task
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 from common.argtypes import Parser, int_at_least, output_dir
 from figures import ARTEFACTS, artefact
-from figures.common import RESULTS_DIR, ArchiveError, read_json_object
+from figures.common import RESULTS_DIR, ArchiveError
 from tre.grid import TRE_METHODS
 
 COMMANDS = ("list", "collect", "compare", "dists", "all")
@@ -124,9 +124,7 @@ def cmd_dists(argv: list[str]) -> int:
         if args.runs is not None:
             models = next_token.models_from_runs(args.runs, args.task, args.size, args.seed, args.tre_method)
             if args.prompt is None and args.prompt_file is None:
-                cfg = read_json_object(args.runs / args.task / args.size / "entropy" / f"seed{args.seed}" / "config.json", "--runs")
-                val = cfg.get("resolved", {}).get("data", {}).get("val_files")
-                args.prompt_file = Path(val[0] if isinstance(val, list) else val) if val else None
+                args.prompt_file = next_token.val_file(args.runs, args.task, args.size, args.seed)
         elif args.base and args.entropy and args.tre:
             models = {"base": args.base, "entropy": args.entropy, "tre": args.tre}
         else:

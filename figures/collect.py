@@ -1,5 +1,6 @@
 """Gather run directories into the tidy tables of results/: metrics.csv, runs.csv, eval.csv and provenance.json.
 
+Run directories are read through tre.backend.rundir (the format's owner); a run's scores are its summary.json's.
 The tables hold only what a run computed, so a deterministic rerun rewrites them byte for byte; where, when and how
 fast it ran (git commit, config hash, wall time, verl's timing/throughput/memory metrics) goes to provenance.json.
 """
@@ -10,16 +11,16 @@ import hashlib
 import io
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 if TYPE_CHECKING:
     import pandas as pd
 
 from figures.common import (EVAL_FILE, METRICS_FILE, METRICS_PARQUET, PROVENANCE_FILE, RUN_KEY, RUNS_FILE, ArchiveError,
                             BadFile, atomic_write_bytes, atomic_write_text, read_json_object, read_table)
+from tre.backend.rundir import CONFIG, METRICS, RunDir, find_run_dirs
 
 METRIC_COLUMNS = [*RUN_KEY, "step", "metric", "value", "provenance"]
 RUN_COLUMNS = [*RUN_KEY, "status", "val_metric", "final_val_score", "best_val_score", "best_step", "last_step",
@@ -31,8 +32,6 @@ _VOLATILE_PREFIXES = ("timing_s/", "timing_per_token_ms/", "perf/mfu/", "perf/ma
 _VOLATILE_NAMES = ("perf/time_per_step", "perf/throughput", "perf/cpu_memory_used_gb")
 # Fields of config.json that describe where/when a run happened, not what it computed.
 _NOT_HASHED = ("created", "git_commit", "packages", "device")
-_SEED_DIR = re.compile(r"seed(\d+)$")
-_VAL_PATTERN = re.compile(r"^val-core/.+/reward/mean@1$")
 
 
 class SkipRun(Exception):
@@ -75,27 +74,6 @@ def run_id(run: dict[str, Any]) -> str:
     return f"{run['task']}/{run['size']}/{run['method']}/seed{int(run['seed'])}"
 
 
-def parse_metrics_lines(text: str, path: str = "metrics.jsonl") -> list[dict[str, Any]]:
-    """Parse metrics.jsonl text; SkipRun on an empty, truncated or corrupt file, or a line without an int step."""
-    if not text.strip():
-        raise SkipRun(f"{path}: empty")
-    lines = text.split("\n")
-    complete = text.endswith("\n")
-    rows = []
-    for i, line in enumerate(lines[:-1] if complete else lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            is_last = i == len(lines) - (1 if complete else 0)
-            raise SkipRun(f"{path}: {'truncated' if is_last else 'corrupt'} at line {i}") from None
-        if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
-            raise SkipRun(f"{path}: line {i} has no integer 'step'")
-        rows.append(row)
-    return rows
-
-
 def tidy_metrics(rows: Iterable[dict[str, Any]]) -> dict[tuple[int, str], float]:
     """(step, metric) -> value for every numeric field; a later line for the same step/metric wins."""
     out: dict[tuple[int, str], float] = {}
@@ -107,47 +85,39 @@ def tidy_metrics(rows: Iterable[dict[str, Any]]) -> dict[tuple[int, str], float]
     return out
 
 
-def infer_val_metric(metric_names: Iterable[str]) -> Optional[str]:
-    """The run's validation score name when summary.json does not give it: the one val-core/<src>/reward/mean@1."""
-    found = sorted({m for m in metric_names if _VAL_PATTERN.match(m)})
-    return found[0] if len(found) == 1 else None
-
-
-def val_summary(values: dict[tuple[int, str], float], val_metric: Optional[str]) -> tuple[float, float, Optional[int]]:
-    """(final score = value at the last validated step, best score, first step reaching the best)."""
-    series = sorted((s, v) for (s, m), v in values.items() if m == val_metric and not math.isnan(v))
-    if not series:
-        return math.nan, math.nan, None
-    best = max(v for _, v in series)
-    return series[-1][1], best, next(s for s, v in series if v == best)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
+def _read(read: Callable[[], Any]) -> Any:
+    """read() with a broken run file turned into SkipRun (its message names the file)."""
     try:
-        return read_json_object(path, path.name)
+        return read()
     except BadFile as e:
         raise SkipRun(str(e)) from None
 
 
+def _score(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 def read_run(run_dir: Path, rel: str, provenance: Optional[str] = None) -> RunData:
     """Collect one run directory; SkipRun (naming the file) when its config or metrics are missing or broken."""
-    config = _read_json(run_dir / "config.json")
+    rd = RunDir(run_dir)
+    config = _read(lambda: rd.config)
     for k in RUN_KEY:
         if k not in config:
-            raise SkipRun(f"{run_dir / 'config.json'}: missing field {k!r}")
-    mpath = run_dir / "metrics.jsonl"
+            raise SkipRun(f"{run_dir / CONFIG}: missing field {k!r}")
+    mpath = run_dir / METRICS
     if not mpath.is_file():
         raise SkipRun(f"{mpath}: missing")
-    values = tidy_metrics(parse_metrics_lines(mpath.read_text(), str(mpath)))
-    summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
-    val_metric = summary.get("val_metric") or infer_val_metric(m for _, m in values)
-    final, best, best_step = val_summary(values, val_metric)
+    values = tidy_metrics(_read(rd.metrics))
+    if not values:
+        raise SkipRun(f"{mpath}: empty")
+    scores = _read(rd.scores)
+    summary = rd.summary or {}  # read (and checked) by scores()
     key = {k: config[k] for k in RUN_KEY}
     key["seed"] = int(key["seed"])
     meta = {"provenance": provenance or f"ours:{config.get('profile', '?')}:{config.get('device', '?')}"}
-    run = {**key, "status": summary.get("status", "incomplete"), "val_metric": val_metric or "",
-           "final_val_score": final, "best_val_score": best, "best_step": best_step,
-           "last_step": max(s for s, _ in values), "profile": config.get("profile", ""),
+    run = {**key, "status": scores["status"], "val_metric": scores["val_metric"] or "",
+           "final_val_score": _score(scores["final_val_score"]), "best_val_score": _score(scores["best_val_score"]),
+           "best_step": scores["best_step"], "last_step": max(s for s, _ in values), "profile": config.get("profile", ""),
            "device": config.get("device", ""), **meta, "run_dir": rel}
     metrics = [{**key, "step": s, "metric": m, "value": v, **meta} for (s, m), v in sorted(values.items())
                if not is_volatile(m)]
@@ -170,7 +140,7 @@ def read_evals(run_dir: Path, key: dict[str, Any], meta: dict[str, str]) -> list
     """Rows of every eval/<step>/scores.json of a run (metrics plus the lm-eval cross-check)."""
     rows = []
     for path in sorted((run_dir / "eval").glob("*/scores.json")):
-        scores = _read_json(path)
+        scores = _read(lambda: read_json_object(path, path.name))
         flat = dict(scores.get("metrics", {}))
         flat.update({f"lm_eval/{k}": v for k, v in (scores.get("lm_eval") or {}).get("metrics", {}).items()})
         for metric, value in sorted(flat.items()):
@@ -178,16 +148,6 @@ def read_evals(run_dir: Path, key: dict[str, Any], meta: dict[str, str]) -> list
                 rows.append({**key, "step": int(scores["step"]), "split": scores.get("split", ""), "n": scores.get("n"),
                              "metric": metric, "value": float(value), **meta})
     return rows
-
-
-def find_run_dirs(runs_dir: Path) -> list[Path]:
-    """Every seed<k> directory under runs_dir that holds a run file, sorted."""
-    found = set()
-    for name in ("config.json", "metrics.jsonl", "summary.json"):
-        for f in Path(runs_dir).rglob(name):
-            if _SEED_DIR.search(f.parent.name) and "checkpoints" not in f.parts and "eval" not in f.parent.parts:
-                found.add(f.parent)
-    return sorted(found)
 
 
 def _old_table(results: Path, name: str, columns: list[str]) -> "pd.DataFrame":

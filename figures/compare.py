@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from figures.collect import SkipRun, find_run_dirs, read_run
+from figures.collect import SkipRun, read_run
 from figures.common import RUN_KEY, RUNS_FILE, read_metrics, method_label, order_cells, order_methods, panel_title, read_table, t_ci95
+from tre.backend.rundir import find_run_dirs
 from tre.grid import TRE_METHODS
 
 if TYPE_CHECKING:

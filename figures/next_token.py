@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from figures.common import DISTS_FILE, atomic_write_text, read_json_object, read_parquet
+from figures.common import DISTS_FILE, atomic_write_text, read_parquet
+from tre.backend.rundir import BASE_MODEL_FIELD, CONFIG, RunDir
 from tre.grid import TRE_MAX_CANDIDATES, TRE_TOP_K, TRE_TOP_P
 
 DIST_COLUMNS = ["stage", "label", "method", "seed", "model", "prompt", "response_prefix", "context", "rank", "prob",
@@ -92,27 +93,19 @@ def prompt_from_parquet(path: Path, index: int = 0) -> list[dict[str, str]]:
     return list(table.column("prompt")[index].as_py())
 
 
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The HF dir of a run's last checkpoint (checkpoints/global_step_<N>/actor/huggingface)."""
-    steps = []
-    for d in (Path(run_dir) / "checkpoints").glob("global_step_*"):
-        hf = d / "actor" / "huggingface"
-        if d.name.removeprefix("global_step_").isdigit() and (hf / "config.json").is_file():
-            steps.append((int(d.name.removeprefix("global_step_")), hf))
-    if not steps:
-        raise FileNotFoundError(f"{run_dir}/checkpoints: no global_step_<N>/actor/huggingface with a config.json")
-    return max(steps)[1]
-
-
 def models_from_runs(runs_dir: Path, task: str, size: str, seed: int, tre_method: str) -> dict[str, str]:
-    """stage -> model dir: the base model named in the entropy run's config, and the last checkpoints of entropy and TRE."""
-    ent = Path(runs_dir) / task / size / "entropy" / f"seed{seed}"
-    tre = Path(runs_dir) / task / size / tre_method / f"seed{seed}"
-    config = read_json_object(ent / "config.json", "--runs")
-    base = config.get("resolved", {}).get("actor_rollout_ref", {}).get("model", {}).get("path")
-    if not base:
-        raise ValueError(f"{ent / 'config.json'}: no resolved.actor_rollout_ref.model.path")
-    return {"base": base, "entropy": str(latest_checkpoint(ent)), "tre": str(latest_checkpoint(tre))}
+    """stage -> model dir: the base model of the entropy run, and the last checkpoints of entropy and TRE."""
+    ent = RunDir.of(runs_dir, task, size, "entropy", seed, what="--runs")
+    tre = RunDir.of(runs_dir, task, size, tre_method, seed, what="--runs")
+    if not ent.base_model:
+        raise ValueError(f"{ent.path / CONFIG}: no {BASE_MODEL_FIELD}")
+    return {"base": ent.base_model, "entropy": str(ent.checkpoint()), "tre": str(tre.checkpoint())}
+
+
+def val_file(runs_dir: Path, task: str, size: str, seed: int) -> Optional[Path]:
+    """The first test (validation) parquet of the entropy run, or None when its config names none."""
+    files = RunDir.of(runs_dir, task, size, "entropy", seed, what="--runs").data_files("test")
+    return Path(files[0]) if files else None
 
 
 def extract(models: dict[str, str], messages: Sequence[dict[str, str]], results: Path, response_prefix: str = "",

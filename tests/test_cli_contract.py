@@ -163,6 +163,8 @@ CASES = [
          _replace_with_dir("data/train.parquet")),
     Case("train-val-parquet-without-prompt", "tre.backend.__main__", train_argv(), "data.val_files",
          _copy("bad/nocols.parquet", "data/test.parquet")),
+    Case("train-resume-corrupt-metrics", "tre.backend.__main__", train_argv(), "run/metrics.jsonl",
+         lambda root: (root / "run").mkdir() or (root / "run" / "metrics.jsonl").write_text('{"step": 0}\nnot json\n')),
     Case("train-model-dir-without-config", "tre.backend.__main__", train_argv(model="bad"), "model_path"),
     Case("train-run-dir-is-a-file", "tre.backend.__main__", train_argv(run_dir="bad/file.txt"), "run_dir"),
     # evaluation evaluate

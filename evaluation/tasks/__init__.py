@@ -10,8 +10,9 @@ from typing import Any
 from evaluation.tasks import countdown, hh, math_lighteval
 from tre.grid import TASKS as GRID_TASKS
 
-# name -> module, for the grid's tasks (tre.grid names each task's module)
-TASKS: dict[str, ModuleType] = {name: importlib.import_module(f"{__name__}.{task.module}") for name, task in GRID_TASKS.items()}
+# name -> module, for the grid's tasks (tre.grid names each task's module). Spelled out, not f"{__name__}...": verl
+# loads this file as its custom reward function under the module name "custom_module".
+TASKS: dict[str, ModuleType] = {name: importlib.import_module(f"evaluation.tasks.{task.module}") for name, task in GRID_TASKS.items()}
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 
 # The data sources the authors route to the MATH scorer (their reward_score/__init__.py::default_compute_score).

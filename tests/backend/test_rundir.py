@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
+import pytest
 
 from tre.backend import rundir
-from tre.backend.rundir import MetricsLog, latest_checkpoint_step, metric_row, read_metrics, summarize, truncate_metrics
+from tre.backend.rundir import (MetricsLog, MetricsTail, RunDir, RunDirError, latest_checkpoint_step, metric_row,
+                                parse_metrics, read_metrics, summarize, truncate_metrics)
 
 VAL = "val-core/countdown/reward/mean@1"
 
@@ -36,6 +40,102 @@ def test_truncate_drops_steps_past_the_checkpoint_and_a_torn_line(tmp_path):
     assert truncate_metrics(path, 2) == 1  # step 3 (the torn line is not a row)
     assert [r["step"] for r in read_metrics(path)] == [0, 1, 2]
     assert truncate_metrics(tmp_path / "absent.jsonl", 5) == 0
+
+
+@pytest.mark.parametrize("text, rows", [
+    ("", []),
+    ('{"step": 0, "a": 1}\n{"step": 1, "a"', [{"step": 0, "a": 1}]),  # a kill mid-write: the torn last line is dropped
+    ('{"step": 0, "a": 1}\n\n{"step": 1}', [{"step": 0, "a": 1}, {"step": 1}]),  # whole but for its newline: kept
+])
+def test_parse_metrics_drops_only_a_torn_last_line(text, rows):
+    assert parse_metrics(text, "m.jsonl") == rows
+
+
+@pytest.mark.parametrize("text, why", [
+    ('{"step": 0, "a": 1}\n{"step": 1, "a"\n', "corrupt at line 2"),  # it ends in a newline: not torn by a kill
+    ('{"step": 0, "a": 1}\nnot json\n{"step": 2}\n', "corrupt at line 2"),
+    ('{"a": 1}\n', "line 1 has no integer 'step'"),
+    ('{"step": true}\n', "line 1 has no integer 'step'"),
+    ('[1]\n', "line 1 has no integer 'step'"),
+])
+def test_broken_metrics_lines_are_errors_naming_the_line(text, why, tmp_path):
+    with pytest.raises(RunDirError, match=f"^m.jsonl: {why}$"):
+        parse_metrics(text, "m.jsonl")
+    (tmp_path / "metrics.jsonl").write_text(text)
+    with pytest.raises(RunDirError, match=f"^{tmp_path / 'metrics.jsonl'}: {why}$"):
+        read_metrics(tmp_path / "metrics.jsonl")
+
+
+def test_metrics_tail_reads_whole_new_lines_and_restarts_on_a_shorter_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.read() == ([], False)  # no file yet
+    path.write_text('{"step": 0}\n{"step": 1, "x"')
+    assert tail.read() == ([{"step": 0}], False)
+    with open(path, "a") as f:
+        f.write(': 2}\n{"step": 2}\n')
+    assert tail.read() == ([{"step": 1, "x": 2}, {"step": 2}], False)
+    assert tail.read() == ([], False)
+    path.write_text('{"step": 0}\n')  # a resume truncated it
+    assert tail.read() == ([{"step": 0}], True)
+    with open(path, "a") as f:
+        f.write('{"step": 1}\nbad\n')
+    with pytest.raises(RunDirError, match="corrupt at line 3$"):  # the file's line, not the chunk's
+        tail.read()
+
+
+def test_run_dir_reads_config_checkpoints_metrics_and_scores(tmp_path):
+    run = RunDir.of(tmp_path, "math", "tiny", "ppo", 1)
+    assert run.path == tmp_path / "math" / "tiny" / "ppo" / "seed1"
+    run.path.mkdir(parents=True)
+    rundir.atomic_write_json(run.path / rundir.CONFIG, {
+        "task": "math", "total_steps": 8, "resolved": {"actor_rollout_ref": {"model": {"path": "models/warm"}},
+                                                       "data": {"val_files": ["t.parquet"], "train_files": "tr.parquet",
+                                                                "max_response_length": 64}}})
+    assert (run.base_model, run.data_files("test"), run.data_files("train"), run.max_response_length, run.total_steps) == \
+        ("models/warm", ["t.parquet"], ["tr.parquet"], 64, 8)
+    assert run.field("resolved.data.nope.deeper") is None
+    for step in (2, 4, 10):  # step 10 is only verl's resume state, without an HF model
+        (run.path / "checkpoints" / f"global_step_{step}" / "actor" / "huggingface").mkdir(parents=True)
+        if step != 10:
+            (run.path / "checkpoints" / f"global_step_{step}" / "actor" / "huggingface" / "config.json").write_text("{}")
+    hf = {s: run.path / "checkpoints" / f"global_step_{s}" / "actor" / "huggingface" for s in (2, 4)}
+    assert run.checkpoints() == hf and run.checkpoint() == hf[4] and run.checkpoint(2) == hf[2]
+    with pytest.raises(RunDirError, match="no global_step_10/actor/huggingface with a config.json$"):
+        run.checkpoint(10)
+    log = MetricsLog(run.path / rundir.METRICS)
+    for step, val in ((0, 0.1), (2, 0.4), (4, 0.2)):
+        log.log({VAL: val, "training/global_step": step}, step)
+    assert run.summary is None
+    assert run.scores() == {"status": "incomplete", "val_metric": VAL, "final_val_score": 0.2, "best_val_score": 0.4,
+                            "best_step": 2}
+    first = rundir.start_launch(run.path, start_step=0, now=100.0)
+    rundir.end_launch(run.path, first, status="completed", now=112.5)
+    summary = rundir.summary_record(run.path, "math", "tiny", "ppo", 1, VAL)
+    assert summary == {"task": "math", "size": "tiny", "method": "ppo", "seed": 1, "val_metric": VAL, "final_val_score": 0.2,
+                       "best_val_score": 0.4, "best_step": 2, "steps": 4, "wall_time_s": 12.5, "launches": 1,
+                       "status": "completed"}
+    assert list(summary) == ["task", "size", "method", "seed", "val_metric", "final_val_score", "best_val_score",
+                             "best_step", "steps", "wall_time_s", "launches", "status"]  # summary.json's key order
+    rundir.atomic_write_json(run.path / rundir.SUMMARY, summary)
+    assert RunDir(run.path).scores() == {"status": "completed", "val_metric": VAL, "final_val_score": 0.2,
+                                         "best_val_score": 0.4, "best_step": 2}
+
+
+def test_run_dir_errors_name_the_file_or_the_argument(tmp_path):
+    with pytest.raises(rundir.BadFile, match=f"^config.json: no such file '{tmp_path / 'config.json'}'$"):
+        RunDir(tmp_path).config
+    (tmp_path / "config.json").write_text("[]")
+    with pytest.raises(rundir.BadFile, match="^RUN_DIR: .* must hold a JSON object, got a list$"):
+        RunDir(tmp_path, what="RUN_DIR").config
+    with pytest.raises(RunDirError, match=f"^{tmp_path / 'checkpoints'}: no global_step_<N>/actor/huggingface"):
+        RunDir(tmp_path).checkpoint()
+
+
+def test_importing_the_reader_imports_no_torch_verl_or_pandas():
+    probe = ("import sys\nimport tre.backend.rundir\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'verl', 'ray', 'pandas', 'numpy', 'pyarrow')))")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_latest_checkpoint_step_needs_the_marker_and_the_folder(tmp_path):

@@ -13,7 +13,7 @@ VAL = {"math": "val-core/math/reward/mean@1", "countdown": "val-core/countdown/r
 def write_run(root: Path, task: str, size: str, method: str, seed: int, val: dict[int, float],
               train: Optional[dict[int, dict[str, float]]] = None, summary: bool = True) -> Path:
     """One run dir through the backend's own writers: config.json, metrics.jsonl (val + train rows), launches.jsonl
-    and a summary.json composed as `tre.backend.launch.train` composes it."""
+    and the summary.json that `tre.backend.launch.train` writes (rundir.summary_record)."""
     from tre.backend import rundir
 
     d = root / task / size / method / f"seed{seed}"
@@ -28,10 +28,7 @@ def write_run(root: Path, task: str, size: str, method: str, seed: int, val: dic
     if summary:
         launch = rundir.start_launch(d, start_step=0, now=1e9)
         rundir.end_launch(d, launch, status="completed", now=1e9 + 10.0 + seed)
-        rows = rundir.read_metrics(d / rundir.METRICS)
-        rundir.atomic_write_json(d / rundir.SUMMARY, {
-            "task": task, "size": size, "method": method, "seed": seed, **rundir.summarize(rows, VAL[task]),
-            "wall_time_s": rundir.total_wall_time(d), "launches": len(rundir.read_launches(d)), "status": "completed"})
+        rundir.atomic_write_json(d / rundir.SUMMARY, rundir.summary_record(d, task, size, method, seed, VAL[task]))
     return d
 
 

@@ -1,45 +1,84 @@
-"""collect: tidy tables, idempotence, provenance, and broken run dirs reported by path."""
+"""collect: tidy tables, idempotence, provenance, scores from summary.json, and broken run dirs reported by path."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import re
+from pathlib import Path
+from typing import Any, Optional
 
 import pandas as pd
-import pytest
 
-from figures.collect import (SkipRun, collect, config_hash, infer_val_metric, parse_metrics_lines, tidy_metrics,
-                             val_summary)
+from figures.collect import collect, config_hash, read_run, tidy_metrics
 from figures.common import PROVENANCE_FILE
+from tre.backend.rundir import parse_metrics, summarize
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_parse_and_tidy_keep_the_last_value_of_a_repeated_step():
-    rows = parse_metrics_lines('{"step": 0, "a": 1}\n{"step": 1, "a": 2.5, "b": true, "c": "x"}\n{"step": 1, "a": 3}\n')
+    rows = parse_metrics('{"step": 0, "a": 1}\n{"step": 1, "a": 2.5, "b": true, "c": "x"}\n{"step": 1, "a": 3}\n')
     assert tidy_metrics(rows) == {(0, "a"): 1.0, (1, "a"): 3.0}
 
 
-@pytest.mark.parametrize("text, why", [
-    ("", "empty"),
-    ('{"step": 0, "a": 1}\n{"step": 1, "a"', "truncated at line 2"),
-    ('{"step": 0, "a": 1}\n{"step": 1, "a"\n', "truncated at line 2"),
-    ('{"step": 0, "a": 1}\nnot json\n{"step": 2}\n', "corrupt at line 2"),
-    ('{"a": 1}\n', "line 1 has no integer 'step'"),
-])
-def test_broken_metrics_files_are_rejected_with_the_reason(text, why):
-    with pytest.raises(SkipRun, match=f"^m.jsonl: {why}$"):
-        parse_metrics_lines(text, "m.jsonl")
+def _old_scores(run_dir: Path) -> tuple[str, float, float, Optional[int]]:
+    """collect's own derivation of a run's scores before summary.json became their one source (verbatim, reduced)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().split("\n")[:-1] if line.strip()]
+    values: dict[tuple[int, str], float] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key != "step" and not isinstance(value, bool) and isinstance(value, (int, float)):
+                values[(row["step"], key)] = float(value)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    found = sorted({m for _, m in values if re.match(r"^val-core/.+/reward/mean@1$", m)})
+    val_metric = summary.get("val_metric") or (found[0] if len(found) == 1 else None)
+    series = sorted((s, v) for (s, m), v in values.items() if m == val_metric and not math.isnan(v))
+    if not series:
+        return val_metric or "", math.nan, math.nan, None
+    best = max(v for _, v in series)
+    return val_metric or "", series[-1][1], best, next(s for s, v in series if v == best)
 
 
-def test_val_summary_final_best_and_first_best_step():
-    values = {(0, "v"): 0.1, (2, "v"): 0.5, (4, "v"): 0.5, (6, "v"): 0.3, (6, "other"): 9.0}
-    assert val_summary(values, "v") == (0.3, 0.5, 2)
-    final, best, step = val_summary(values, "missing")
-    assert math.isnan(final) and math.isnan(best) and step is None
+def _same(a: Any, b: Any) -> bool:
+    return (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)) or (a == b and type(a) is type(b))
 
 
-def test_infer_val_metric_needs_exactly_one_candidate():
-    assert infer_val_metric(["actor/entropy", "val-core/hh/reward/mean@1"]) == "val-core/hh/reward/mean@1"
-    assert infer_val_metric(["val-core/a/reward/mean@1", "val-core/b/reward/mean@1"]) is None
+def test_scores_of_completed_runs_equal_the_old_derivation(tmp_path, runs_dir, make_run):
+    # the grid, plus the edge cases: ties (first best step), a best before the last, non-finite and missing
+    # validations, no validation at all
+    root = tmp_path / "edge"
+    make_run(root, "math", "tiny", "ppo", 0, {0: 0.5, 2: 0.5, 4: 0.5})
+    make_run(root, "math", "tiny", "ppo", 1, {0: 0.1, 2: 0.9, 4: 0.3, 6: 0.9, 8: 0.2})
+    make_run(root, "math", "tiny", "ppo", 2, {0: 0.1, 2: float("nan"), 4: float("inf")})
+    make_run(root, "math", "tiny", "ppo", 3, {}, {1: {"actor/entropy": 1.0}, 2: {"actor/entropy": 0.5}})
+    make_run(root, "countdown", "tiny", "ppo", 4, {1: 1 / 3, 3: 2 / 3, 5: 0.1 + 0.2})
+    dirs = sorted(runs_dir.rglob("seed*")) + sorted(root.rglob("seed*"))
+    assert len(dirs) == 14
+    for d in dirs:
+        run = read_run(d, d.name).run
+        got = (run["val_metric"], run["final_val_score"], run["best_val_score"], run["best_step"])
+        assert all(_same(a, b) for a, b in zip(got, _old_scores(d))), (d, got, _old_scores(d))
+        assert run["status"] == "completed"
+
+
+def test_the_archived_scores_are_the_summary_rule_over_the_archived_validations():
+    # results/ was collected from completed runs: its scores equal summarize() of the val series it holds, bit for bit
+    def table(name: str) -> list[dict[str, str]]:
+        with open(REPO / "results" / name, newline="") as f:
+            return list(csv.DictReader(f))
+
+    key = ("task", "size", "method", "seed", "provenance")
+    series: dict[tuple, list[dict[str, Any]]] = {}
+    for m in table("metrics.csv"):
+        series.setdefault(tuple(m[k] for k in key), []).append({"step": int(m["step"]), m["metric"]: float(m["value"])})
+    runs = table("runs.csv")
+    assert runs and {r["status"] for r in runs} == {"completed"}
+    for r in runs:
+        got = summarize(series[tuple(r[k] for k in key)], r["val_metric"])
+        assert (got["val_metric"], got["final_val_score"], got["best_val_score"], got["best_step"]) == \
+            (r["val_metric"], float(r["final_val_score"]), float(r["best_val_score"]), int(r["best_step"])), r["run_dir"]
 
 
 def test_config_hash_ignores_where_and_when_but_not_what():
@@ -85,14 +124,23 @@ def test_recollect_is_idempotent_and_replaces_reruns(archive, runs_dir, make_run
 def test_broken_runs_are_reported_by_path_and_skipped(tmp_path, make_run):
     root = tmp_path / "runs"
     make_run(root, "math", "tiny", "ppo", 0, {0: 0.0, 2: 0.2})
-    trunc = make_run(root, "math", "tiny", "ppo", 1, {0: 0.0, 2: 0.2})
-    (trunc / "metrics.jsonl").write_text('{"step": 0, "val-core/math/reward/mean@1": 0.0}\n{"step": 2, "val-')
+    corrupt = make_run(root, "math", "tiny", "ppo", 1, {0: 0.0, 2: 0.2})
+    (corrupt / "metrics.jsonl").write_text('{"step": 0, "val-core/math/reward/mean@1": 0.0}\n{"step": 2, "val-\n')
     gone = make_run(root, "math", "tiny", "ppo", 2, {0: 0.0, 2: 0.2})
     (gone / "metrics.jsonl").unlink()
     report = collect(root, tmp_path / "results")
     assert report.collected == ["math/tiny/ppo/seed0"]
-    assert report.skipped == [(str(trunc), f"{trunc / 'metrics.jsonl'}: truncated at line 2"),
+    assert report.skipped == [(str(corrupt), f"{corrupt / 'metrics.jsonl'}: corrupt at line 2"),
                               (str(gone), f"{gone / 'metrics.jsonl'}: missing")]
+
+
+def test_a_killed_run_with_a_torn_last_line_is_collected_with_its_complete_steps(tmp_path, make_run):
+    d = make_run(tmp_path / "runs", "math", "tiny", "ppo", 0, {0: 0.1, 2: 0.3}, summary=False)
+    with open(d / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "val-core/math/reward/mean@1": 0.')  # SIGKILL mid-write
+    assert collect(tmp_path / "runs", tmp_path / "results").collected == ["math/tiny/ppo/seed0"]
+    run = pd.read_csv(tmp_path / "results" / "runs.csv").iloc[0]
+    assert (run["status"], run["final_val_score"], run["last_step"]) == ("incomplete", 0.3, 2)
 
 
 def test_incomplete_run_is_collected_with_its_status_and_inferred_val_metric(tmp_path, make_run):

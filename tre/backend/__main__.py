@@ -9,6 +9,7 @@ from typing import Optional
 
 from common.argtypes import Parser
 from tre.backend.profiles import PROFILES, WANDB_MODES, RunSpec, SpecError
+from tre.backend.rundir import RunDirError
 from tre.grid import METHODS, SIZES, TASKS
 
 
@@ -64,7 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from tre.backend.launch import train
 
         return train(spec)
-    except SpecError as exc:
+    except (SpecError, RunDirError) as exc:  # RunDirError: a resumed run's metrics.jsonl is corrupt
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

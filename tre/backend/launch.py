@@ -127,6 +127,7 @@ def train(spec: RunSpec, *, log=print) -> int:
     if summary_path.exists():
         log(f"{run_dir}: already completed ({rundir.SUMMARY} exists); delete it to train again")
         return 0
+    rundir.read_metrics(Path(run_dir) / rundir.METRICS)  # a corrupt one stops here (RunDirError), before any write
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     start = resume_step(resolved)
     launch = rundir.start_launch(run_dir, start_step=start)  # before anything rewrites metrics.jsonl (a killed leg's clock)
@@ -159,11 +160,7 @@ def train(spec: RunSpec, *, log=print) -> int:
         name = "SIGINT" if session.signum == 2 else "SIGTERM"
         log(f"interrupted ({name}); Ray shut down; rerun the same command to resume")
         return EXIT_INTERRUPTED.get(session.signum, 130)
-    rows = rundir.read_metrics(Path(run_dir) / rundir.METRICS)
-    # wall time over every launch: a run resumed after preemption reports all the time it took, not its last leg
-    summary = {"task": spec.task, "size": spec.size, "method": spec.method, "seed": spec.seed,
-               **rundir.summarize(rows, task_val_metric(spec.task)), "wall_time_s": rundir.total_wall_time(run_dir),
-               "launches": len(rundir.read_launches(run_dir)), "status": "completed"}
+    summary = rundir.summary_record(run_dir, spec.task, spec.size, spec.method, spec.seed, task_val_metric(spec.task))
     rundir.atomic_write_json(summary_path, summary)
     log(f"done: {summary_path}")
     return 0

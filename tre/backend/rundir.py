@@ -1,13 +1,19 @@
 """The run directory contract: config.json, metrics.jsonl (fed from verl's Tracking), launches.jsonl, summary.json.
 
 runs/<task>/<size>/<method>/seed<k>/{config.json, metrics.jsonl, launches.jsonl, summary.json, checkpoints/}
+
+The one writer and reader of this format: `RunDir` is what evaluation and figures read a run with, so that verl's
+config layout and checkpoint folders are known only here. Importing this module imports no torch, verl
+or pandas.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import time
@@ -17,12 +23,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from common.files import atomic_write_json, atomic_write_text  # noqa: F401  (atomic_write_json: the run files' writer)
+from common.files import BadFile, atomic_write_text, read_json_object
+from common.files import atomic_write_json  # noqa: F401  (the run files' writer, used as rundir.atomic_write_json)
 
 RUN_DIR_ENV = "TRE_RUN_DIR"  # set for the Ray workers: where the TaskRunner's Tracking also writes metrics.jsonl
 CONFIG, METRICS, SUMMARY, CHECKPOINTS = "config.json", "metrics.jsonl", "summary.json", "checkpoints"
 LAUNCHES = "launches.jsonl"  # per launch of `train` (a resumed run has several): a start line, then an end line
 VAL_PREFIX, VAL_SUFFIX = "val-core/", "/reward/mean@1"
+# Where config.json's "resolved" (verl's resolved config) names what the readers need, as dotted paths.
+BASE_MODEL_FIELD = "resolved.actor_rollout_ref.model.path"
+DATA_FIELDS = {"test": "resolved.data.val_files", "train": "resolved.data.train_files"}
+MAX_RESPONSE_LENGTH_FIELD = "resolved.data.max_response_length"
+SCORE_FIELDS = ("val_metric", "final_val_score", "best_val_score", "best_step")  # summary.json's scores of a run
+_SEED_DIR = re.compile(r"seed(\d+)$")
+
+
+class RunDirError(BadFile):
+    """A run-directory file that is not in its format; the message names the path and the problem."""
 
 
 def _scalar(value: Any) -> Optional[float] | bool:
@@ -46,19 +63,63 @@ def metric_row(data: Mapping[str, Any], step: int) -> dict[str, Any]:
     return row
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All complete rows of a metrics.jsonl (a torn last line from a kill is ignored)."""
+def parse_metrics(text: str, where: str = METRICS, first_line: int = 1) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl text (its line `first_line` on); RunDirError (naming `where` and the line) for a line
+    that is not a JSON object with an integer "step".
+
+    The one exception is a torn last line: an unterminated final line that is not JSON is what a kill mid-write
+    leaves, so it is dropped (the run lost at most that step, and a resume truncates past it anyway). A broken line
+    that ends in a newline, or one before the last, is corruption that a kill cannot make, and is an error.
+    """
+    lines = text.split("\n")
     rows = []
-    try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    except FileNotFoundError:
-        pass
+    for i, line in enumerate(lines, start=first_line):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == first_line + len(lines) - 1:  # the last line, without a newline: torn
+                break
+            raise RunDirError(f"{where}: corrupt at line {i}") from None
+        if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
+            raise RunDirError(f"{where}: line {i} has no integer 'step'")
+        rows.append(row)
     return rows
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All rows of a metrics.jsonl ([] when there is none); see parse_metrics for a torn last line and corruption."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return parse_metrics(text, str(path))
+
+
+class MetricsTail:
+    """Follows a growing metrics.jsonl: each read() returns the rows of the lines completed since the last read."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path, self.offset, self.lines = Path(path), 0, 0
+
+    def read(self) -> tuple[list[dict[str, Any]], bool]:
+        """(new rows, restarted): restarted when the file was rewritten shorter (a resume truncated it), and the rows
+        are then read from its start. A torn last line is left to be read whole next time; RunDirError as parse_metrics."""
+        try:
+            size = self.path.stat().st_size
+            restarted = size < self.offset
+            if restarted:
+                self.offset, self.lines = 0, 0
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read(size - self.offset)
+        except OSError:
+            return [], False
+        done = chunk.rfind(b"\n") + 1
+        text, first = chunk[:done].decode("utf-8", errors="replace"), self.lines + 1
+        self.offset, self.lines = self.offset + done, self.lines + text.count("\n")
+        return parse_metrics(text, str(self.path), first), restarted
 
 
 class MetricsLog:
@@ -232,6 +293,118 @@ def summarize(rows: list[Mapping[str, Any]], preferred_metric: Optional[str] = N
         "best_step": best[0] if best else None,
         "steps": max(train_steps) if train_steps else 0,
     }
+
+
+def summary_record(run_dir: str | os.PathLike, task: str, size: str, method: str, seed: int,
+                   preferred_metric: Optional[str] = None) -> dict[str, Any]:
+    """The summary.json object of a completed run: its key, summarize() of its metrics, and the wall time summed over
+    every launch (a run resumed after preemption reports all the time it took, not its last leg)."""
+    rows = read_metrics(Path(run_dir) / METRICS)
+    return {"task": task, "size": size, "method": method, "seed": seed, **summarize(rows, preferred_metric),
+            "wall_time_s": total_wall_time(run_dir), "launches": len(read_launches(run_dir)), "status": "completed"}
+
+
+def find_run_dirs(root: str | os.PathLike) -> list[Path]:
+    """Every seed<k> directory under `root` that holds a run file (config.json, metrics.jsonl or summary.json), sorted."""
+    found = set()
+    for name in (CONFIG, METRICS, SUMMARY):
+        for f in Path(root).rglob(name):
+            if _SEED_DIR.search(f.parent.name) and CHECKPOINTS not in f.parts and "eval" not in f.parent.parts:
+                found.add(f.parent)
+    return sorted(found)
+
+
+class RunDir:
+    """Reader of one run directory: config.json (with the base model and data files of verl's resolved config),
+    checkpoints, metrics and summary.json, the one source of the run's scores (launches: read_launches).
+
+    `what` names the run in error messages (a CLI argument such as RUN_DIR); by default the file's name does.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: Optional[str] = None) -> None:
+        self.path, self.what = Path(path), what
+
+    @classmethod
+    def of(cls, runs_dir: str | os.PathLike, task: str, size: str, method: str, seed: int,
+           what: Optional[str] = None) -> "RunDir":
+        """The run <runs_dir>/<task>/<size>/<method>/seed<seed>."""
+        return cls(Path(runs_dir) / task / size / method / f"seed{int(seed)}", what)
+
+    def _json(self, name: str) -> dict[str, Any]:
+        return read_json_object(self.path / name, self.what or name)
+
+    @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        """config.json (see config_record); BadFile when it is missing, not JSON or not an object."""
+        return self._json(CONFIG)
+
+    def field(self, dotted: str) -> Any:
+        """The config.json value at a dotted path such as BASE_MODEL_FIELD, or None where it is absent."""
+        value: Any = self.config
+        for key in dotted.split("."):
+            value = value.get(key) if isinstance(value, Mapping) else None
+        return value
+
+    @property
+    def base_model(self) -> Optional[str]:
+        """The model the run started from (verl's actor_rollout_ref.model.path), or None."""
+        return self.field(BASE_MODEL_FIELD) or None
+
+    def data_files(self, split: str) -> list[str]:
+        """The run's parquet files of `split` (one of DATA_FIELDS: test = verl's val_files, train = train_files)."""
+        files = self.field(DATA_FIELDS[split])
+        if not files:
+            return []
+        return [str(f) for f in files] if isinstance(files, (list, tuple)) else [str(files)]
+
+    @property
+    def max_response_length(self) -> Optional[int]:
+        """verl's data.max_response_length of the run, or None."""
+        return self.field(MAX_RESPONSE_LENGTH_FIELD)
+
+    @property
+    def total_steps(self) -> Optional[int]:
+        """The planned training steps when the config fixes them (config.json's total_steps), else None."""
+        total = self.config.get("total_steps")
+        return int(total) if total else None
+
+    def checkpoints(self) -> dict[int, Path]:
+        """step -> HF model dir of every saved checkpoints/global_step_<N>/actor/huggingface (with a config.json).
+
+        verl's resume point is latest_checkpoint_step, which needs only the step folder, not the HF model."""
+        out = {}
+        for d in (self.path / CHECKPOINTS).glob("global_step_*"):
+            step, hf = d.name.removeprefix("global_step_"), d / "actor" / "huggingface"
+            if step.isdigit() and (hf / CONFIG).is_file():
+                out[int(step)] = hf
+        return dict(sorted(out.items()))
+
+    def checkpoint(self, step: Optional[int] = None) -> Path:
+        """The HF model dir of checkpoint `step` (the last one by default); RunDirError when there is none."""
+        steps = self.checkpoints()
+        if step is None and steps:
+            step = max(steps)
+        if step not in steps:
+            name = f"global_step_{'<N>' if step is None else step}"
+            raise RunDirError(f"{self.path / CHECKPOINTS}: no {name}/actor/huggingface with a config.json")
+        return steps[step]
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The rows of metrics.jsonl (see parse_metrics); [] when there is none."""
+        return read_metrics(self.path / METRICS)
+
+    @functools.cached_property
+    def summary(self) -> Optional[dict[str, Any]]:
+        """summary.json (written when training completed), or None for a run without one."""
+        return self._json(SUMMARY) if (self.path / SUMMARY).is_file() else None
+
+    def scores(self) -> dict[str, Any]:
+        """status and SCORE_FIELDS from summary.json; a run without one (unfinished) is "incomplete", scored by the
+        same summarize() over its metrics so far."""
+        summary = self.summary
+        if summary is None:
+            summary = {**summarize(self.metrics()), "status": "incomplete"}
+        return {"status": summary.get("status", "incomplete"), **{k: summary.get(k) for k in SCORE_FIELDS}}
 
 
 def git_commit(path: str | os.PathLike) -> Optional[str]:
