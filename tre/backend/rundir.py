@@ -473,48 +473,7 @@ def config_record(spec, method, overrides: list[str], resolved: Mapping[str, Any
     }
 
 
-# ------------------------------------------------------------------------- following and superseding a run
-
-
-def planned_steps(run_dir: str | os.PathLike) -> Optional[int]:
-    """config.json's total_steps (the planned steps, for "step i/N"), or None when unset or not readable yet."""
-    try:
-        total = json.loads((Path(run_dir) / CONFIG).read_text()).get("total_steps")
-        return int(total) if total else None
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
-
-
-class MetricsTail:
-    """The latest step of a growing metrics.jsonl, reading only the bytes appended since the last call.
-
-    A torn last line is read again next time, whole. A file rewritten shorter (a resumed run truncated to its
-    checkpoint) is read again from the start, and `rewound` says so until the next call."""
-
-    def __init__(self, run_dir: str | os.PathLike) -> None:
-        self.path = Path(run_dir) / METRICS
-        self.offset, self.step, self.rewound = 0, 0, False
-
-    def latest_step(self) -> int:
-        """The largest step of the complete lines so far (0 before any)."""
-        self.rewound = False
-        try:
-            size = self.path.stat().st_size
-            if size < self.offset:
-                self.offset, self.step, self.rewound = 0, 0, True
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                chunk = f.read(size - self.offset)
-        except OSError:
-            return self.step
-        done = chunk.rfind(b"\n") + 1
-        self.offset += done
-        for line in chunk[:done].splitlines():
-            try:
-                self.step = max(self.step, int(json.loads(line).get("step", 0)))
-            except (ValueError, TypeError, AttributeError):
-                continue
-        return self.step
+# ------------------------------------------------------------------------------------- superseding a run
 
 
 def supersede_if_changed(run_dir: Path, stamp: Path, spec_json: str) -> Optional[Path]:

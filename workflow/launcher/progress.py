@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from tre.backend.rundir import MetricsTail, planned_steps
+from common.files import BadFile
+from tre.backend.rundir import METRICS, MetricsTail, RunDir, RunDirError
 
 if TYPE_CHECKING:
     from workflow.launcher.jobs import StepSpec
@@ -20,15 +21,15 @@ PROGRESS_FD_ENV = "TRE_PROGRESS_FD"  # a rule's shell keeps the terminal on this
 class StepProgress:
     """Prints `<name> <run>: step i/N` as a run's metrics grow, at most every `every_s` (the last step always).
 
-    Reads only the new bytes of the run's metrics (rundir.MetricsTail), so it costs the wait loop nothing and works
-    for any executor whose run directory the driver can see (local, shared-FS Slurm)."""
+    Reads only the lines added to the run's metrics since the last poll (rundir.MetricsTail), so it costs the wait
+    loop nothing and works for any executor whose run directory the driver can see (local, shared-FS Slurm)."""
 
     def __init__(self, label: str, run_dir: Path, every_s: float = 10.0, stream=None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.label, self.run_dir, self.every_s, self.clock = label, Path(run_dir), every_s, clock
         self.stream = stream if stream is not None else _progress_stream()
-        self.tail = MetricsTail(self.run_dir)
-        self.shown, self.last_print = 0, -math.inf
+        self.tail = MetricsTail(self.run_dir / METRICS)
+        self.step, self.shown, self.last_print = 0, 0, -math.inf
         self.total: Optional[int] = None
 
     @classmethod
@@ -44,19 +45,26 @@ class StepProgress:
 
     def poll(self) -> None:
         """Print the latest step if it moved and `every_s` has passed (the last step always)."""
-        step = self.tail.latest_step()
-        if self.tail.rewound:  # a resumed run truncated its metrics to its checkpoint
-            self.shown = 0
+        try:
+            rows, restarted = self.tail.read()
+        except RunDirError:  # a corrupt line: the run's readers report it; the progress line waits for the next
+            rows, restarted = [], False
+        if restarted:  # a resumed run truncated its metrics to its checkpoint
+            self.step, self.shown = 0, 0
+        self.step = max([self.step, *(row["step"] for row in rows)])
         if self.total is None:
-            self.total = planned_steps(self.run_dir)
+            try:
+                self.total = RunDir(self.run_dir).total_steps
+            except (BadFile, ValueError, TypeError):  # no config.json yet
+                pass
         now = self.clock()
-        if step > self.shown and (now - self.last_print >= self.every_s or step == self.total):
+        if self.step > self.shown and (now - self.last_print >= self.every_s or self.step == self.total):
             of = f"/{self.total}" if self.total else ""
             try:
-                print(f"{self.label}: step {step}{of}", file=self.stream, flush=True)
+                print(f"{self.label}: step {self.step}{of}", file=self.stream, flush=True)
             except (OSError, ValueError):  # the terminal went away; the job goes on
                 return
-            self.shown, self.last_print = step, now
+            self.shown, self.last_print = self.step, now
 
 
 def _progress_stream():
