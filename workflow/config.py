@@ -51,9 +51,11 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 def load_schema(config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
     """schema.yaml with the grid's names filled in from their owners: tasks, sizes, methods (tre.grid), the artefacts
-    (figures), the profiles (tre.backend) and the grids (GRIDS)."""
+    (figures), the profiles (tre.backend), the grids (GRIDS), the launcher's clusters and the lm-eval tasks."""
+    from evaluation.evaluate import LM_EVAL_TASKS
     from figures import ARTEFACTS
     from tre.backend.profiles import PROFILES
+    from workflow.launcher.cluster import CLUSTERS
 
     schema = load_yaml(config_dir / "schema.yaml")
     defs, props = schema["$defs"], schema["properties"]
@@ -67,6 +69,8 @@ def load_schema(config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
     props["sizes"]["items"]["enum"] = list(SIZES)
     props["methods"]["items"]["enum"] = list(METHODS)
     props["figures"]["items"]["enum"] = list(ARTEFACTS)
+    props["launcher"]["properties"]["cluster"]["enum"] = list(CLUSTERS)
+    props["eval"]["properties"]["lm_eval_task"]["enum"] = list(LM_EVAL_TASKS)
     figure1 = props["figure1"]["properties"]
     figure1["task"]["enum"], figure1["size"]["enum"] = list(TASKS), [*SIZES, None]
     figure1["tre_method"]["enum"] = list(TRE_METHODS)
