@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import httpx
 import pytest
 
+from common.processes import free_port
 from evaluation.reward_model.lifecycle import ServerNotReady, client_env, running_server
 from evaluation.reward_model.scoring import load_reward_model, pair_texts, score_pairs
 from evaluation.reward_model.server import (Limits, RequestError, RewardScorer, create_app, parse_predict_body,
@@ -23,34 +22,6 @@ RESPONSES = ["Take breaks.", "No.", "Use a timer and remove distractions. " * 3,
              "Sleep well.", "x" * 50, "Plan your day.", "Exercise.", "I don't know.", "Drink water."]
 
 
-def _free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(app):
-    """Run a FastAPI app under uvicorn in a thread on a free loopback port; yields its base URL."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def scorer(tiny_rm_dir):
     """One CPU replica with micro-batches of 4."""
@@ -58,9 +29,9 @@ def scorer(tiny_rm_dir):
 
 
 @pytest.fixture(scope="module")
-def url(scorer):
+def url(scorer, serving):
     """A live server around the scorer, with small limits to test them."""
-    with running(create_app(scorer, Limits(max_request=64, max_body_bytes=20_000))) as base:
+    with serving(create_app(scorer, Limits(max_request=64, max_body_bytes=20_000))) as base:
         yield base
 
 
@@ -172,7 +143,7 @@ def test_two_replicas_split_a_request(tiny_rm_dir, scorer):
     assert two.score(PROMPTS, RESPONSES) == pytest.approx(scorer.score(PROMPTS, RESPONSES), abs=1e-5)
 
 
-def test_scoring_failure_is_a_500_line_and_server_survives(tiny_rm_dir):
+def test_scoring_failure_is_a_500_line_and_server_survives(tiny_rm_dir, serving):
     class Flaky:
         model_path, devices, max_batch, max_length = "m", ["cpu"], 1, 8
         calls = 0
@@ -185,7 +156,7 @@ def test_scoring_failure_is_a_500_line_and_server_survives(tiny_rm_dir):
                 return [float("nan")]
             return [1.5]
 
-    with running(create_app(Flaky())) as base:
+    with serving(create_app(Flaky())) as base:
         body = {"prompts": ["a"], "responses": ["b"]}
         first = httpx.post(f"{base}/predict", json=body, timeout=10)
         assert (first.status_code, first.json()) == (500, {"error": "scoring failed: RuntimeError: CUDA out of memory"})
@@ -277,9 +248,9 @@ def test_deep_json_and_lone_surrogates_get_4xx_naming_the_field(url):
 
 
 @pytest.fixture(scope="module")
-def token_url(scorer):
+def token_url(scorer, serving):
     """A live server that requires a bearer token."""
-    with running(create_app(scorer, Limits(max_request=64, max_body_bytes=20_000), token="s3cret-token")) as base:
+    with serving(create_app(scorer, Limits(max_request=64, max_body_bytes=20_000), token="s3cret-token")) as base:
         yield base
 
 
@@ -304,7 +275,7 @@ def test_token_is_required_and_sent_by_the_hh_client(token_url, scorer, monkeypa
         hh.request_rewards(["a"], ["b"], url=f"{token_url}/predict", retries=3, backoff_s=0.01)
 
 
-def test_a_client_that_disconnects_stops_the_scoring(tiny_rm_dir):
+def test_a_client_that_disconnects_stops_the_scoring(tiny_rm_dir, serving):
     scorer = RewardScorer(str(tiny_rm_dir), ["cpu"], max_batch=1)
     forwards = []
     # each forward takes at least 10 ms, so the 400 take 4 s or more however fast the machine: the bound below then
@@ -316,7 +287,7 @@ def test_a_client_that_disconnects_stops_the_scoring(tiny_rm_dir):
     scorer.replicas[0][0].register_forward_hook(slow_forward)
     n = 400
     body = json.dumps({"prompts": ["Tell me a story."] * n, "responses": ["Once upon a time " * 20] * n}).encode()
-    with running(create_app(scorer)) as base:
+    with serving(create_app(scorer)) as base:
         port = int(base.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -380,7 +351,7 @@ def test_cli_serve_on_an_empty_or_corrupt_model_dir_is_one_line(tiny_rm_dir, tmp
         (cut_weights, f"--model {cut_weights}: cannot load the reward model (SafetensorError: "),
         (no_tokenizer, f"--model {no_tokenizer}: no tokenizer (tokenizer.json or tokenizer_config.json); {expected}"),
     ]
-    port = _free_port()
+    port = free_port()
     for model, message in cases:
         with pytest.raises(SystemExit) as exc:  # any other exception is a traceback
             main(["serve", "--model", str(model), "--port", str(port), "--device", "cpu"])

@@ -1,15 +1,12 @@
 """HH reward client against a minimal FastAPI scorer (len(prompt) + 2 len(response)) served by uvicorn on loopback."""
 
-import contextlib
-import socket
-import threading
 import time
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from common.processes import free_port
 from evaluation.tasks import compute_score, hh
 
 
@@ -53,33 +50,8 @@ def length_scorer_app(calls: list) -> FastAPI:
     return app
 
 
-def free_port() -> int:
-    """A currently unused loopback TCP port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(app):
-    """Run `app` under uvicorn in a background thread on a free loopback port; yields its base URL."""
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(10)
-
-
 @pytest.fixture(scope="module")
-def server():
+def server(serving):
     """(base URL, call log) of the length scorer running in a background thread."""
     calls: list = []
     with serving(length_scorer_app(calls)) as base:
@@ -165,7 +137,7 @@ def test_verl_batch_manager_entry_point_by_file_path(server, monkeypatch):
     assert rewards == [5.0, 14.0]
 
 
-def test_token_from_the_environment_is_sent_as_a_bearer_header(monkeypatch):
+def test_token_from_the_environment_is_sent_as_a_bearer_header(monkeypatch, serving):
     app = FastAPI()
 
     @app.post("/predict")
