@@ -62,6 +62,21 @@ def split_file(directory: Path, split: str) -> Path | None:
     return None
 
 
+def load_source(task: str, source: str | Path | None, hub_id: str, splits: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The records of a task's source, all in one list: the hub's train split (source None or a hub id), a local file,
+    or a local directory's `splits` files in order (train.jsonl, test.parquet...)."""
+    if source is None or not is_local(source):
+        return load_hub(task, str(source or hub_id), "train")
+    path = Path(source)
+    if not path.is_dir():
+        return read_records(path)
+    files = [split_file(path, split) for split in splits]
+    if None in files:
+        wanted = " and ".join(f"{split}.({'|'.join(s.lstrip('.') for s in SOURCE_SUFFIXES)})" for split in splits)
+        raise ValueError(f"source: directory {str(path)!r} needs {wanted}")
+    return [record for file in files for record in read_records(file)]
+
+
 def is_local(source: str | Path) -> bool:
     """Whether `source` names a local file or directory (anything else is taken as a hub id)."""
     return Path(source).exists() or Path(source).suffix.lower() in SOURCE_SUFFIXES

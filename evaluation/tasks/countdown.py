@@ -294,15 +294,7 @@ def score(solution_str: str, ground_truth: Any) -> float:
 
 def load_records(source: str | None) -> list[dict[str, Any]]:
     """All {target, nums} records of the hub's train split or of a local file (directory: train.* then test.*)."""
-    if source is None or not common.is_local(source):
-        return common.load_hub(NAME, source or HUB_ID, "train")
-    path = Path(source)
-    if path.is_dir():
-        files = [common.split_file(path, split) for split in ("train", "test")]
-        if None in files:
-            raise ValueError(f"source: directory {str(path)!r} needs train.(jsonl|json|parquet) and test.(...)")
-        return [record for file in files for record in common.read_records(file)]
-    return common.read_records(path)
+    return common.load_source(NAME, source, HUB_ID, ("train", "test"))
 
 
 def prepare(

@@ -57,16 +57,8 @@ def make_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
 
 
 def load_records(source: str | None) -> list[dict[str, Any]]:
-    """All preference records of the hub's train split or of a local file."""
-    if source is None or not common.is_local(source):
-        return common.load_hub(NAME, source or HUB_ID, "train")
-    path = Path(source)
-    if path.is_dir():
-        train = common.split_file(path, "train")
-        if train is None:
-            raise ValueError(f"source: directory {str(path)!r} needs train.(jsonl|json|parquet)")
-        path = train
-    return common.read_records(path)
+    """All preference records of the hub's train split or of a local file (directory: its train.*)."""
+    return common.load_source(NAME, source, HUB_ID, ("train",))
 
 
 def prepare(
