@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,8 +113,17 @@ def _watch_shutdown(mark: str, tracker: Path, proc: subprocess.Popen) -> list[tu
         time.sleep(0.05)
 
 
-def _tmp_ray_dirs() -> set[str]:
-    return {p.name for p in Path("/tmp").glob("tre_ray_*")}
+def _marked_ray_dirs(mark: str) -> set[str]:
+    """The Ray temp dirs (/tmp/tre_ray_*) that this test's marked processes name on their command lines: the run's own,
+    not those of other Ray sessions on the machine."""
+    found = set()
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and f"TRE_TEST_MARK={mark}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                found.update(re.findall(r"/tmp/(tre_ray_[^/\s]+)", Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
+        except OSError:
+            continue
+    return found
 
 
 def _killed_preempted_resumed(run_dir: Path, model: Path, data: Path) -> dict:
@@ -134,19 +144,19 @@ def _killed_preempted_resumed(run_dir: Path, model: Path, data: Path) -> dict:
     out["steps_after_kill"] = [r["step"] for r in rundir.read_metrics(run_dir / "metrics.jsonl")]
 
     mark = uuid.uuid4().hex
-    before = _tmp_ray_dirs()
     log2 = run_dir.parent / "leg2.log"
     proc = _start(cmd, log2, mark)
     # once verl's workers exist (Ray up, the checkpoint about to load); waiting for a log line instead raced with step 2,
     # whose checkpoint could be saved before Ray forwarded the line
     out["alive_at_term"] = _wait_for(proc, lambda: any("WorkerDict" in p for p in _marked_ray_processes(mark)))
+    out["ray_dirs"] = _marked_ray_dirs(mark)
     with ThreadPoolExecutor(max_workers=1) as pool:
         watched = pool.submit(_watch_shutdown, mark, marker, proc)
         out["rc_term"] = terminate_group(proc, grace_s=120)
         out["shutdown"] = watched.result()
     out["log_term"] = log2.read_text()
     out["stray_after_term"] = _wait_gone(mark, timeout=20)
-    out["ray_dirs_left"] = sorted(_tmp_ray_dirs() - before)
+    out["ray_dirs_left"] = sorted(d for d in out["ray_dirs"] if Path("/tmp", d).exists())
 
     again = subprocess.run(cmd, capture_output=True, text=True, env=_env(mark), timeout=600)
     out["rc_resumed"], out["log_resumed"] = again.returncode, again.stdout + again.stderr
@@ -318,6 +328,7 @@ def test_sigterm_stops_cleanly_and_leaves_nothing_behind(resume_runs):
     r, _ = resume_runs["chain"]
     assert r["alive_at_term"], "run ended before it could be preempted"
     assert r["rc_term"] == 143 and "interrupted (SIGTERM)" in r["log_term"], r["log_term"][-3000:]
+    assert r["ray_dirs"], "no Ray temp dir seen on the run's command lines"
     assert r["stray_after_term"] == [] and r["ray_dirs_left"] == []
 
 
