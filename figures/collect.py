@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 from figures.common import (EVAL_FILE, METRICS_FILE, METRICS_PARQUET, PROVENANCE_FILE, RUN_KEY, RUNS_FILE, ArchiveError,
                             BadFile, atomic_write_bytes, atomic_write_text, read_json_object, read_table)
-from tre.backend.rundir import CONFIG, METRICS, RunDir, find_run_dirs
+from tre.backend.rundir import CONFIG, METRICS, RunDir, find_run_dirs, run_path
 
 METRIC_COLUMNS = [*RUN_KEY, "step", "metric", "value", "provenance"]
 RUN_COLUMNS = [*RUN_KEY, "status", "val_metric", "final_val_score", "best_val_score", "best_step", "last_step",
@@ -71,7 +71,7 @@ def is_volatile(metric: str) -> bool:
 
 def run_id(run: dict[str, Any]) -> str:
     """<task>/<size>/<method>/seed<k>: a run's key in provenance.json."""
-    return f"{run['task']}/{run['size']}/{run['method']}/seed{int(run['seed'])}"
+    return run_path(run["task"], run["size"], run["method"], run["seed"])
 
 
 def tidy_metrics(rows: Iterable[dict[str, Any]]) -> dict[tuple[int, str], float]:

@@ -10,6 +10,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import yaml
 
+from tre.backend.rundir import run_path
 from tre.grid import METHODS, SIZES, TASKS, TRE_METHODS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
@@ -259,12 +260,12 @@ class Run:
     @property
     def run_dir(self) -> str:
         """runs/<task>/<size>/<method>/seed<k> (the shared run-directory contract)."""
-        return f"runs/{self.task}/{self.size}/{self.method}/seed{self.seed}"
+        return f"runs/{self.wildcards}"
 
     @property
     def wildcards(self) -> str:
         """The same path below logs/<rule>/."""
-        return f"{self.task}/{self.size}/{self.method}/seed{self.seed}"
+        return run_path(self.task, self.size, self.method, self.seed)
 
 
 def runs(config: Mapping[str, Any]) -> Iterator[Run]:

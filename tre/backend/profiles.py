@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from tre.backend.rundir import run_path
 from tre.grid import METHODS, PAPER_SIZES, SIZES, TASKS, VALIDATION_TEMPERATURE, VALIDATION_TOP_P, Method, get_method
 
 PROFILES = ("paper", "tiny")
@@ -101,7 +102,7 @@ def split_override(item: str) -> tuple[str, str]:
 
 def default_run_dir(spec: RunSpec) -> str:
     """runs/<task>/<size>/<method>/seed<seed>, or the explicit run_dir."""
-    return spec.run_dir or os.path.join("runs", spec.task, spec.size, spec.method, f"seed{spec.seed}")
+    return spec.run_dir or os.path.join("runs", run_path(spec.task, spec.size, spec.method, spec.seed))
 
 
 def experiment_name(spec: RunSpec) -> str:

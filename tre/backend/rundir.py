@@ -314,6 +314,11 @@ def find_run_dirs(root: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
+def run_path(task: str, size: str, method: str, seed: int) -> str:
+    """<task>/<size>/<method>/seed<k>: where a grid cell's run lives below runs/ (and its logs below logs/<rule>/)."""
+    return f"{task}/{size}/{method}/seed{int(seed)}"
+
+
 class RunDir:
     """Reader of one run directory: config.json (with the base model and data files of verl's resolved config),
     checkpoints, metrics and summary.json, the one source of the run's scores (launches: read_launches).
@@ -328,7 +333,7 @@ class RunDir:
     def of(cls, runs_dir: str | os.PathLike, task: str, size: str, method: str, seed: int,
            what: Optional[str] = None) -> "RunDir":
         """The run <runs_dir>/<task>/<size>/<method>/seed<seed>."""
-        return cls(Path(runs_dir) / task / size / method / f"seed{int(seed)}", what)
+        return cls(Path(runs_dir) / run_path(task, size, method, seed), what)
 
     def _json(self, name: str) -> dict[str, Any]:
         return read_json_object(self.path / name, self.what or name)
