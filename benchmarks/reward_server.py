@@ -15,11 +15,9 @@ uvicorn in a thread on a free loopback port; the client posts the same pairs one
 import json
 import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,27 +37,11 @@ def make_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return prompts, responses
 
 
-def _free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, max_batch: int):
-    """Start the reward server in a daemon thread; returns (uvicorn server, base URL)."""
-    import uvicorn
-
+def scorer_app(model: str, max_batch: int):
+    """The reward server's app around `model` on the visible devices."""
     from evaluation.reward_model.server import Limits, RewardScorer, create_app, visible_devices
 
-    scorer = RewardScorer(model, visible_devices("auto"), max_batch=max_batch)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(scorer, Limits()), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.02)
-    return server, f"http://127.0.0.1:{port}"
+    return create_app(RewardScorer(model, visible_devices("auto"), max_batch=max_batch), Limits())
 
 
 def rate(client: httpx.Client, url: str, prompts: list[str], responses: list[str], batch: int) -> float:
@@ -143,16 +125,16 @@ def main(argv: list[str] | None = None) -> int:
             from miniature.tiny_model import build
 
             model = str(build(Path(tmp) / "rm", vocab_size=8192, seed=0, kind="reward"))
-        server, url = start_server(model, args.max_batch)
+        from evaluation.reward_model.server import serving_in_thread
+
         prompts, responses = make_pairs(args.pairs)
-        with httpx.Client(timeout=600) as client:
+        with serving_in_thread(scorer_app(model, args.max_batch)) as url, httpx.Client(timeout=600) as client:
             rate(client, url, prompts[:8], responses[:8], 1)  # warm-up
             singles, batches = [], []
             for _ in range(args.repeats):  # alternate, so drifting load from other processes hits both modes alike
                 singles.append(rate(client, url, prompts, responses, 1))
                 batches.append(rate(client, url, prompts, responses, args.batch))
             health = client.get(f"{url}/health").json()
-        server.should_exit = True
 
     single, batched = statistics.median(singles), statistics.median(batches)
     result = {"model": "tiny-8k (random)" if args.model is None else args.model, "devices": health["devices"],

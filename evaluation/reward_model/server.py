@@ -14,10 +14,12 @@ import math
 import re
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from evaluation.reward_model.scoring import MAX_LENGTH, ScoringCancelled, load_reward_model, pair_texts, score_texts
 from evaluation.tasks.hh import TOKEN_ENV
@@ -263,6 +265,29 @@ def create_app(scorer: Any, limits: Limits = Limits(), token: str | None = None,
         return JSONResponse({"rewards": rewards})
 
     return app
+
+
+@contextmanager
+def serving_in_thread(app: Any, ready_timeout_s: float = 30.0) -> Iterator[str]:
+    """Run an ASGI app under uvicorn in a daemon thread of this process on a free loopback port; yields its base URL
+    (the benchmarks' and the tests' in-process server; `serve` is the real one)."""
+    import uvicorn
+
+    from common.processes import free_port
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + ready_timeout_s
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def is_loopback(host: str) -> bool:
