@@ -6,6 +6,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import time
 from typing import Any, Callable, Mapping, Optional
 
 from workflow.config import ConfigError, check_resources
@@ -88,6 +89,17 @@ def slurm_state(job_id: str) -> str:
         if out:
             return out[0].upper()
     return "UNKNOWN"
+
+
+def final_slurm_state(job_id: str, timeout_s: float = 60.0, poll_s: float = 1.0) -> str:
+    """The state of a job known to have ended. Slurm's accounting can lag behind the end (sacct said PENDING for a
+    job whose command had exited), so ask until it names a state that is not active, or timeout_s has passed."""
+    deadline = time.monotonic() + timeout_s
+    state = slurm_state(job_id)
+    while state in ACTIVE_SLURM_STATES and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        state = slurm_state(job_id)
+    return state
 
 
 def executor_parameters(res: Resources, cluster: str, name: str, *, checkpointable: bool = False) -> dict[str, Any]:

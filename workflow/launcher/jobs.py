@@ -15,7 +15,8 @@ from typing import Any, Callable, Mapping, Optional
 import submitit
 
 from common.files import atomic_write_text
-from workflow.launcher.cluster import ACTIVE_SLURM_STATES, Resources, executor_parameters, resolve_cluster, slurm_state
+from workflow.launcher.cluster import (ACTIVE_SLURM_STATES, Resources, executor_parameters, final_slurm_state,
+                                      resolve_cluster, slurm_state)
 from workflow.launcher.command import CheckpointableCommand, Command
 from workflow.launcher.errors import JobFailed, StepFailed
 from workflow.launcher.progress import StepProgress
@@ -193,7 +194,7 @@ def _job_state(job: submitit.Job, cluster: str) -> str:
     if cluster == "debug":
         return "DEBUG"
     if cluster == "slurm":
-        return slurm_state(str(job.job_id))
+        return final_slurm_state(str(job.job_id))  # called once the job has ended
     try:
         return str(job.state)
     except Exception:  # submitit raises various errors for vanished local processes
