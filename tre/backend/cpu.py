@@ -14,16 +14,19 @@ builds its workers (too early for `external_lib`, which is imported in `init_mod
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import importlib.util
 import os
 import random
 import resource
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 SEED_ENV = "TRE_SEED"
 
@@ -251,19 +254,72 @@ def exit_with_parent(poll_s: float = 1.0) -> threading.Thread:
     return thread
 
 
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Run a callback right after a top-level package's __init__ has executed (the first import of it or a submodule)."""
+
+    def __init__(self, package: str, callback: Callable[[], None]) -> None:
+        self.package, self.callback = package, callback
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.package:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module, callback = spec.loader.exec_module, self.callback
+
+        def exec_then_call(module) -> None:
+            exec_module(module)
+            callback()
+
+        spec.loader.exec_module = exec_then_call
+        return spec
+
+
+def after_import(package: str, callback: Callable[[], None]) -> None:
+    """Call `callback` once `package` is imported in this process: now if it already is, else right after its __init__."""
+    if package in sys.modules:
+        callback()
+    else:
+        sys.meta_path.insert(0, _AfterImport(package, callback))
+
+
 def worker_setup() -> None:
-    """Ray worker_process_setup_hook: exit with the raylet, CPU shims, seeding, exact resume, the metrics.jsonl sink."""
+    """Ray worker_process_setup_hook: exit with the raylet; in the processes that import verl (the TaskRunner and
+    the WorkerDicts), the shims, seeding, exact resume and the metrics.jsonl sink.
+
+    Deferred to verl's import so that Ray's helper actors (verl's register center) start without importing torch and
+    verl: that import cost every run about 8 CPU seconds for an actor that holds one dict."""
+    exit_with_parent()
+    after_import("verl", _setup_verl_process)
+
+
+def _setup_verl_process() -> None:
+    """What every verl process of a run needs before verl builds anything (see worker_setup)."""
     from tre.backend.resume import install_resume_hook
     from tre.backend.rundir import RUN_DIR_ENV, install_tracking_hook
 
-    exit_with_parent()
     apply_compat_shims()
     apply_cpu_shims()
+    _light_register_center()
     if os.environ.get(SEED_ENV):
         seed_everything(int(os.environ[SEED_ENV]))
     install_resume_hook()
     if os.environ.get(RUN_DIR_ENV):
         install_tracking_hook(os.environ[RUN_DIR_ENV])
+
+
+def _light_register_center() -> None:
+    """verl's WorkerGroupRegisterCenter actor is sent to its process by value, so that process never imports verl.
+
+    The actor only stores rank 0's address; by reference its unpickling imported verl, and with it torch, tensordict
+    and torch._dynamo (8 CPU seconds per run on 2 cores). The class and its code are verl's own."""
+    import ray.cloudpickle
+
+    import verl.single_controller.base.register_center.ray as register_center
+
+    ray.cloudpickle.register_pickle_by_value(register_center)
 
 
 def kill_local_workers() -> list[int]:
@@ -295,6 +351,49 @@ def kill_local_workers() -> list[int]:
     return killed
 
 
+def has_nvidia_gpu() -> bool:
+    """Whether this node has an NVIDIA GPU, asked through Ray's NVML binding: the driver never imports torch (2 CPU
+    seconds a run on the miniature's 2 cores) or verl (5 more; see run_ppo)."""
+    from ray._private.accelerators import NvidiaGPUAcceleratorManager
+
+    return NvidiaGPUAcceleratorManager.get_current_node_num_accelerators() > 0
+
+
+class TaskRunner:
+    """The trainer's Ray actor (started by run_ppo): its `run` is verl's TaskRunner.run, imported in its own process."""
+
+    def run(self, config) -> None:
+        from verl.trainer.main_ppo import TaskRunner as VerlTaskRunner
+
+        return VerlTaskRunner.__ray_actor_class__.run(self, config)
+
+
+@functools.lru_cache(maxsize=1)
+def _task_runner():
+    """TaskRunner as a Ray actor class, with verl's options (one CPU)."""
+    import ray
+
+    return ray.remote(num_cpus=1)(TaskRunner)
+
+
+def run_ppo(config) -> None:
+    """verl's main_ppo.run_ppo in an initialised Ray session, without importing verl in the driver.
+
+    verl's run_ppo starts its TaskRunner actor and waits for its `run`; here the actor class is ours and its `run` is
+    verl's TaskRunner.run, so the trainer runs the same code in the same kind of process, while the driver skips
+    importing verl.trainer.main_ppo (7 CPU seconds, a tenth of a miniature run). With profiling asked for
+    (trainer.profile_steps, ray_init.timeline_json_file) verl's run_ppo itself runs."""
+    import ray
+    from omegaconf import OmegaConf
+
+    if OmegaConf.select(config, "trainer.profile_steps") or OmegaConf.select(config, "ray_init.timeline_json_file"):
+        from verl.trainer.main_ppo import run_ppo as verl_run_ppo
+
+        verl_run_ppo(config)
+        return
+    ray.get(_task_runner().remote().run.remote(config))
+
+
 class RaySession:
     """What `ray_session` yields: Ray's temp dir, and the signal that interrupted the run (None if none)."""
 
@@ -312,10 +411,9 @@ def ray_session(*, env: dict[str, str], num_cpus: Optional[int] = None, num_gpus
     ray.get, so callers check `session.signum` rather than the exception type.
     """
     import ray
-    import torch
 
-    if num_gpus is None:
-        num_gpus = torch.cuda.device_count() or 1
+    if num_gpus is None and not has_nvidia_gpu():
+        num_gpus = 1  # else Ray counts them, as torch would (CUDA_VISIBLE_DEVICES included)
     if num_cpus is None:
         num_cpus = max(4, os.cpu_count() or 1)
     # Ray's socket paths must stay short (< 108 bytes), so the temp dir lives directly under /tmp.

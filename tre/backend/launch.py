@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from baselines.methods import FORKING_TOKENS_LOSS
 from tre.backend import rundir
-from tre.backend.profiles import RunSpec, SpecError, default_run_dir, overrides, split_override, validate, verl_config_dir
+from tre.backend.profiles import TINY_TORCH_THREADS, RunSpec, SpecError, default_run_dir, overrides, split_override, validate, verl_config_dir
 
 EXIT_INTERRUPTED = {2: 130, 15: 143}  # SIGINT, SIGTERM -> the shell's 128 + signum
 HEARTBEAT_S = 10.0
@@ -96,6 +96,8 @@ def worker_env(run_dir: str, spec: RunSpec) -> dict[str, str]:
 
     env = {rundir.RUN_DIR_ENV: run_dir, SEED_ENV: str(spec.seed), "TOKENIZERS_PARALLELISM": "true",
            "NCCL_DEBUG": "WARN", "VLLM_LOGGING_LEVEL": "WARN"}
+    if spec.profile == "tiny":
+        env["OMP_NUM_THREADS"] = str(TINY_TORCH_THREADS)
     if spec.wandb != "disabled":
         env["WANDB_MODE"] = spec.wandb
         env["WANDB_DIR"] = run_dir
@@ -136,7 +138,7 @@ def train(spec: RunSpec, *, log=print) -> int:
         log(f"resuming from checkpoint step {start} (dropped {dropped} metric lines past it)")
     rundir.atomic_write_json(Path(run_dir) / rundir.CONFIG, rundir.config_record(spec, get_method(spec.method), items, resolved))
 
-    from tre.backend.cpu import ray_session
+    from tre.backend.cpu import ray_session, run_ppo
 
     session = None
     status = "failed"
@@ -145,8 +147,6 @@ def train(spec: RunSpec, *, log=print) -> int:
     pulse.start()
     try:
         with ray_session(env=worker_env(run_dir, spec)) as session:
-            from verl.trainer.main_ppo import run_ppo
-
             run_ppo(config)
         status = "completed"
     except BaseException:

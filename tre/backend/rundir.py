@@ -436,7 +436,11 @@ def package_versions() -> dict[str, Optional[str]]:
 
 
 def device_string() -> str:
-    """'cpu' or 'cuda:<device name>'."""
+    """'cpu' or 'cuda:<device name>' (torch is imported only where there is a GPU to name)."""
+    from tre.backend.cpu import has_nvidia_gpu
+
+    if not has_nvidia_gpu():
+        return "cpu"
     import torch
 
     return f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cpu"

@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 from _standin import real_module, record, repo
 from evaluation.evaluate import load_examples
@@ -63,9 +63,8 @@ def run_ppo(config) -> None:
 
 record("train")
 cpu.ray_session = ray_session
-sys.modules["verl.trainer.main_ppo"] = trainer = ModuleType("verl.trainer.main_ppo")
-trainer.run_ppo = run_ppo
+cpu.run_ppo = run_ppo
 # verl loads the task's reward function from the real package's file, not from this stand-in package
 profiles.evaluation_tasks_dir = lambda: repo() / "evaluation" / "tasks"
-rundir.device_string = lambda: "cpu"  # the real one imports torch (seconds) to say so
+rundir.device_string = lambda: "cpu"  # the real one asks NVML through Ray
 sys.exit(real_module("tre.backend.__main__").main(sys.argv[1:]))
