@@ -52,3 +52,11 @@ def test_figures_take_labels_and_order_from_the_grid():
     assert score_label("hh") == "Reward (RM score)" and score_label("gsm8k") == "score"
     assert order_methods(["zeta", "tre_p", "ppo", "alpha"]) == ["ppo", "tre_p", "alpha", "zeta"]
     assert order_cells([("hh", "7b"), ("math", "7b"), ("math", "tiny")]) == [("math", "tiny"), ("math", "7b"), ("hh", "7b")]
+
+
+def test_a_task_has_demonstrations_exactly_when_its_module_makes_them():
+    import importlib
+
+    for name, task in grid.TASKS.items():
+        module = importlib.import_module(f"evaluation.tasks.{task.module}")
+        assert task.demonstrations == hasattr(module, "demonstration"), name

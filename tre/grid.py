@@ -35,6 +35,7 @@ class Task:
     module: str  # the module under evaluation.tasks
     label: str  # display name in tables and figures
     score_label: str  # what its validation score means (the y-axis label of the curves)
+    demonstrations: bool = False  # its module has demonstration(row): the miniature's warm start can teach it
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ def _by_name(kind: str, *entries):
 # The paper's order: the figures' rows and the tables' columns follow it.
 TASKS: Mapping[str, Task] = _by_name(
     "TASKS",
-    Task("math", "math_lighteval", "MATH", "Pass@1 (fraction correct)"),
-    Task("countdown", "countdown", "Countdown", "Pass@1 (mean reward, 1 = solved)"),
+    Task("math", "math_lighteval", "MATH", "Pass@1 (fraction correct)", demonstrations=True),
+    Task("countdown", "countdown", "Countdown", "Pass@1 (mean reward, 1 = solved)", demonstrations=True),
     Task("hh", "hh", "HH", "Reward (RM score)"),
 )
 

@@ -19,8 +19,8 @@ STEPS = ("rm_train", "train", "eval")
 # Paths the workflow itself makes: a model path under these prefixes is a rule input, anything else (a hub id,
 # a model the user placed elsewhere) is taken as given.
 MADE_MODEL_PREFIXES = ("models/tiny/", "models/rm/")
-WARM_START_MODEL = "models/tiny/warm"
-WARM_START_TASKS = ("math", "countdown")  # the tasks with demonstrations (evaluation.tasks.<task>.demonstration)
+WARM_START_MODEL = "models/tiny/warm"  # as a policy: each task's own warm start, models/tiny/warm/<task>
+WARM_START_SETTINGS = ("steps", "lr", "batch_size", "seed", "plain_fraction")
 
 
 class ConfigError(ValueError):
@@ -76,6 +76,7 @@ def load_schema(config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
     figure1["task"]["enum"], figure1["size"]["enum"] = list(TASKS), [*SIZES, None]
     figure1["tre_method"]["enum"] = list(TRE_METHODS)
     props["data"]["properties"] = each(TASKS, "data_spec")
+    props["warm_start"]["properties"]["tasks"]["properties"] = each(TASKS, "warm_start_settings")
     props["train"]["properties"]["task_overrides"]["properties"] = each(TASKS, "override_list")
     props["models"]["properties"] = each(SIZES, "model_spec")
     defs["per_size_resources"]["properties"] = each(SIZES, "resources")
@@ -153,9 +154,10 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
     if uses_warm and not config.get("warm_start"):
         raise ConfigError(f"config: warm_start: required when a policy is {WARM_START_MODEL} (or point "
                           "models.<size>.policy at models/tiny/policy)")
-    if uses_warm and not warm_start_tasks(config):
-        raise ConfigError(f"config: warm_start: needs math or countdown in tasks for its demonstrations, got "
-                          f"{config['tasks']} (or point models.<size>.policy at models/tiny/policy)")
+    for task in (config.get("warm_start") or {}).get("tasks", {}):
+        if not TASKS[task].demonstrations:
+            raise ConfigError(f"config: warm_start.tasks.{task}: task {task} has no demonstrations to warm-start "
+                              f"from; tasks with them: {', '.join(t for t, v in TASKS.items() if v.demonstrations)}")
     if config["profile"] == "tiny" and any(s != "tiny" for s in config["sizes"]):
         bad = next(s for s in config["sizes"] if s != "tiny")
         raise ConfigError(f"config: sizes: {bad!r} needs profile 'paper' (profile 'tiny' runs size 'tiny' only)")
@@ -296,24 +298,38 @@ def artefact_outputs(name: str) -> list[str]:
 
 
 def warm_start_tasks(config: Mapping[str, Any]) -> list[str]:
-    """The grid's tasks whose demonstrations the warm start learns from (those with a solver or worked solutions)."""
-    return [t for t in config["tasks"] if t in WARM_START_TASKS]
+    """The grid's tasks that get a warm start of their own (those with demonstrations, when a policy asks for it)."""
+    if not config.get("warm_start") or not any(config["models"][s]["policy"] == WARM_START_MODEL for s in config["sizes"]):
+        return []
+    return [t for t in config["tasks"] if TASKS[t].demonstrations]
 
 
-def warm_start_data(config: Mapping[str, Any]) -> list[str]:
-    """The train parquet files the warm start reads (inputs of its rule)."""
-    return [f"data/{t}/train.parquet" for t in warm_start_tasks(config)]
-
-
-def warm_start_args(config: Mapping[str, Any], threads: int) -> list[str]:
-    """Arguments of `python -m miniature.warm_start` for the grid's warm start."""
+def warm_start_settings(config: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """The warm start of one task: the shared settings, then the task's own (warm_start.tasks.<task>)."""
     spec = config["warm_start"]
-    args = ["--model", spec["base"], "--data", *warm_start_data(config),
-            "--out", WARM_START_MODEL, "--threads", str(threads)]
-    for key in ("steps", "lr", "batch_size", "seed", "plain_fraction"):
-        if spec.get(key) is not None:
-            args += [f"--{key.replace('_', '-')}", str(spec[key])]
+    settings = {"base": spec["base"], **{k: spec[k] for k in WARM_START_SETTINGS if spec.get(k) is not None}}
+    settings.update(spec.get("tasks", {}).get(task, {}))
+    return settings
+
+
+def warm_start_args(config: Mapping[str, Any], task: str, threads: int) -> list[str]:
+    """Arguments of `python -m miniature.warm_start` for one task's warm start (its train rows only)."""
+    settings = warm_start_settings(config, task)
+    args = ["--model", settings["base"], "--data", f"data/{task}/train.parquet", "--out", f"{WARM_START_MODEL}/{task}",
+            "--threads", str(threads)]
+    for key in WARM_START_SETTINGS:
+        if settings.get(key) is not None:
+            args += [f"--{key.replace('_', '-')}", str(settings[key])]
     return args
+
+
+def policy_path(config: Mapping[str, Any], run: Run) -> Optional[str]:
+    """The policy a run starts from: models.<size>.policy, where models/tiny/warm means the run's task's warm start
+    (a task without demonstrations starts from the warm start's base)."""
+    policy = config["models"][run.size]["policy"]
+    if policy != WARM_START_MODEL:
+        return policy
+    return f"{WARM_START_MODEL}/{run.task}" if run.task in warm_start_tasks(config) else config["warm_start"]["base"]
 
 
 def is_made_path(path: Optional[str]) -> bool:
@@ -352,7 +368,7 @@ def method_spec(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
     return {
         "method_spec": method_table()[run.method],
         "profile": config["profile"],
-        "model": config["models"][run.size]["policy"],
+        "model": policy_path(config, run),
         "overrides": train_overrides(config, run),
     }
 
@@ -397,7 +413,7 @@ def train_args(config: Mapping[str, Any], run: Run) -> list[str]:
     """Arguments of `python -m tre.backend train ...` for one run."""
     args = ["train", "--task", run.task, "--size", run.size, "--method", run.method, "--seed", str(run.seed),
             "--profile", config["profile"], "--run-dir", run.run_dir, "--data-dir", f"data/{run.task}"]
-    policy = config["models"][run.size]["policy"]
+    policy = policy_path(config, run)
     if policy:
         args += ["--model-path", policy]
     return args + train_overrides(config, run)

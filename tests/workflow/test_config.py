@@ -55,8 +55,11 @@ def test_deep_merge_replaces_lists_and_scalars():
     ({"train": {"overrides": ["no_equals_sign"]}}, "config: train.overrides.0: 'no_equals_sign' does not match"),
     ({"bogus": 1}, "config: bogus: unknown key (allowed: "),
     ({"warm_start": None}, "config: warm_start: required when a policy is models/tiny/warm"),
-    ({"tasks": ["hh"], "figures": []},
-     "config: warm_start: needs math or countdown in tasks for its demonstrations, got ['hh']"),
+    ({"warm_start": {"base": "models/tiny/policy", "tasks": {"hh": {"steps": 3}}}},
+     "config: warm_start.tasks.hh: task hh has no demonstrations to warm-start from; tasks with them: math, countdown"),
+    ({"warm_start": {"base": "models/tiny/policy", "tasks": {"math": {"lr": 0}}}},
+     "config: warm_start.tasks.math.lr: 0 is less than or equal to"),
+    ({"warm_start": {"base": "models/tiny/policy", "tasks": {"maths": {}}}}, "config: warm_start.tasks.maths: unknown key"),
     ({"data": {"countdown": {"max_operand": 3}}}, "config: data.countdown.max_operand: only for math with generate"),
     ({"train": {"task_overrides": {"maths": []}}}, "config: train.task_overrides.maths: unknown key"),
     ({"warm_start": {"base": "models/tiny/policy", "plain_fraction": 1}},
@@ -95,7 +98,7 @@ def test_command_lines_follow_the_step_interfaces():
     run = wfc.Run("hh", "tiny", "tre_k", 1)
     assert wfc.train_args(cfg, run) == [
         "train", "--task", "hh", "--size", "tiny", "--method", "tre_k", "--seed", "1", "--profile", "tiny",
-        "--run-dir", "runs/hh/tiny/tre_k/seed1", "--data-dir", "data/hh", "--model-path", "models/tiny/warm",
+        "--run-dir", "runs/hh/tiny/tre_k/seed1", "--data-dir", "data/hh", "--model-path", "models/tiny/policy",
         "trainer.total_training_steps=2", "actor_rollout_ref.actor.entropy_coeff=0.01"]
     # global, then the task's, then the method's (the last one wins in Hydra)
     assert wfc.train_args(cfg, wfc.Run("math", "tiny", "tre_k", 0))[-4:] == [
@@ -111,15 +114,24 @@ def test_command_lines_follow_the_step_interfaces():
     assert wfc.eval_args(wfc.resolve({"grid": "paper"}), run)[-4:] == ["--n", "8", "--lm-eval-task", "minerva_math500"]
 
 
-def test_warm_start_learns_from_the_grids_math_and_countdown_rows():
-    cfg = wfc.resolve({"tasks": ["hh", "countdown", "math"], "models": {"tiny": {"policy": "models/tiny/warm"}}})
+def test_each_task_with_demonstrations_gets_its_own_warm_start():
+    cfg = wfc.resolve({"tasks": ["hh", "countdown", "math"], "models": {"tiny": {"policy": "models/tiny/warm"}},
+                       "warm_start": {"base": "models/tiny/policy", "steps": 600, "lr": 0.003, "batch_size": 32,
+                                      "seed": 0, "plain_fraction": 0.5, "tasks": {"countdown": {"steps": 7, "lr": 0.01}}}})
     assert wfc.warm_start_tasks(cfg) == ["countdown", "math"]
-    assert wfc.warm_start_args(cfg, 2) == [
-        "--model", "models/tiny/policy", "--data", "data/countdown/train.parquet", "data/math/train.parquet",
-        "--out", "models/tiny/warm", "--threads", "2", "--steps", "600", "--lr", "0.003", "--batch-size", "32",
-        "--seed", "0", "--plain-fraction", "0.5"]
-    assert wfc.is_made_path(wfc.WARM_START_MODEL)
+    # math alone, with the shared settings: the arguments (and so the model) of the one warm start before tasks had their own
+    assert wfc.warm_start_args(cfg, "math", 2) == [
+        "--model", "models/tiny/policy", "--data", "data/math/train.parquet", "--out", "models/tiny/warm/math",
+        "--threads", "2", "--steps", "600", "--lr", "0.003", "--batch-size", "32", "--seed", "0", "--plain-fraction", "0.5"]
+    assert wfc.warm_start_args(cfg, "countdown", 2)[:8] == [
+        "--model", "models/tiny/policy", "--data", "data/countdown/train.parquet", "--out", "models/tiny/warm/countdown",
+        "--threads", "2"]
+    assert wfc.warm_start_settings(cfg, "countdown")["steps"] == 7 and wfc.warm_start_settings(cfg, "countdown")["lr"] == 0.01
+    policies = {t: wfc.policy_path(cfg, wfc.Run(t, "tiny", "ppo", 0)) for t in cfg["tasks"]}
+    assert policies == {"hh": "models/tiny/policy", "countdown": "models/tiny/warm/countdown", "math": "models/tiny/warm/math"}
+    assert wfc.is_made_path(policies["math"])
     assert wfc.resolve({"grid": "paper"})["warm_start"] is None
+    assert wfc.warm_start_tasks(wfc.resolve({"models": {"tiny": {"policy": "models/tiny/policy"}}})) == []
 
 
 def test_paper_runs_pass_hub_models_and_multi_node_overrides():

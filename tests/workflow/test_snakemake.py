@@ -165,9 +165,9 @@ def test_warm_start_runs_once_before_the_runs_that_start_from_it(standin_workdir
     assert names.count("warm_start") == 1 and names.index("warm_start") < names.index("train")
     warm = calls[names.index("warm_start")]["argv"]
     assert warm[:6] == ["--model", "models/tiny/policy", "--data", "data/countdown/train.parquet", "--out",
-                        "models/tiny/warm"]
+                        "models/tiny/warm/countdown"]
     trains = [c["argv"] for c in calls if c["name"] == "train"]
-    assert len(trains) == 2 and all(a[a.index("--model-path") + 1] == "models/tiny/warm" for a in trains)
+    assert len(trains) == 2 and all(a[a.index("--model-path") + 1] == "models/tiny/warm/countdown" for a in trains)
 
 
 def test_archive_only_figures_need_no_runs(standin_workdir, snakemake):

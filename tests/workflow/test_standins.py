@@ -29,8 +29,8 @@ def test_every_argv_the_rules_build_parses_with_the_real_parser(user, tmp_path, 
         assert _parse("evaluation.tasks.__main__", wfc.data_args(config, task)).task == task
     for size in config["sizes"]:
         assert _parse("evaluation.reward_model.__main__", wfc.rm_train_args(config, size)).command == "train"
-    if config.get("warm_start"):  # the paper grid has none
-        assert _parse("miniature.warm_start", wfc.warm_start_args(config, threads=2)).threads == 2
+    for task in wfc.warm_start_tasks(config):  # the paper grid has none
+        assert _parse("miniature.warm_start", wfc.warm_start_args(config, task, threads=2)).threads == 2
     for run in wfc.runs(config):
         train = _parse("tre.backend.__main__", wfc.train_args(config, run))
         assert (train.task, train.size, train.method, train.seed) == (run.task, run.size, run.method, run.seed)

@@ -36,13 +36,13 @@ rule tiny_model:
 rule warm_start:
     input:
         base=lambda wc: model_inputs(config["warm_start"]["base"]),
-        data=lambda wc: wfc.warm_start_data(config),
+        data="data/{task}/train.parquet",
     output:
-        directory(wfc.WARM_START_MODEL),
+        directory(f"{wfc.WARM_START_MODEL}/{{task}}"),
     params:
-        spec=lambda wc: json.dumps(config["warm_start"], sort_keys=True),
+        spec=lambda wc: json.dumps(wfc.warm_start_settings(config, wc.task), sort_keys=True),
     threads: 2
     log:
-        "logs/warm_start/tiny.log",
+        "logs/warm_start/{task}.log",
     run:
-        shell_logged(shlex.join([PY, "-m", "miniature.warm_start", *wfc.warm_start_args(config, threads)]), log)
+        shell_logged(shlex.join([PY, "-m", "miniature.warm_start", *wfc.warm_start_args(config, wildcards.task, threads)]), log)

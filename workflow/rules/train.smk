@@ -14,7 +14,7 @@ def train_inputs(wc):
     return {
         "train": f"data/{run.task}/train.parquet",
         "test": f"data/{run.task}/test.parquet",
-        "models": model_inputs(config["models"][run.size]["policy"]) + ([rm] if rm else []),
+        "models": model_inputs(wfc.policy_path(config, run)) + ([rm] if rm else []),
     }
 
 
