@@ -1,11 +1,12 @@
 """Where one tiny PPO run's time goes: phase by phase, its fixed-cost fraction, and CPU seconds per process.
 
     python benchmarks/tiny_run.py [--task math] [--method ppo] [--data-dir data/math] [--model-path models/tiny/warm/math]
-                                  [--code DIR] [--repeat 1] [--json OUT] [-- key=value ...]
+                                  [--threads 1] [--code DIR] [--repeat 1] [--json OUT] [-- key=value ...]
 
-Runs `python -m tre.backend train` (the miniature's run, as `snakemake all` makes it) in a subprocess, stamps every
-line it prints, and samples every process it starts (Ray's included) for CPU time. Phases come from verl 0.4.1's and
-the driver's own log lines and the run's metrics.jsonl:
+Runs `python -m tre.backend train` (the miniature's run as `snakemake all` makes it, with one thread per process as the
+launcher gives a one-CPU step) in a subprocess, stamps every line it prints, and samples every process it starts
+(Ray's included) for CPU time. Phases come from verl 0.4.1's and the driver's own log lines and the run's
+metrics.jsonl:
 
   driver + Ray start    process start -> Ray's "Started a local Ray instance"
   TaskRunner start      -> verl's "TaskRunner hostname" (its process spawned, verl imported)
@@ -87,7 +88,7 @@ def measure(args: argparse.Namespace, index: int) -> dict:
     argv = [sys.executable, "-u", "-m", "tre.backend", "train", "--task", args.task, "--size", "tiny",
             "--method", args.method, "--seed", str(args.seed), "--run-dir", str(run_dir / "run"),
             "--data-dir", args.data_dir, "--model-path", args.model_path, *args.overrides]
-    env = dict(os.environ)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     if args.code:
         env["PYTHONPATH"] = os.pathsep.join([str(Path(args.code).resolve()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     stamps: dict[str, float] = {}
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="default data/<task>")
     parser.add_argument("--model-path", default=None, help="default models/tiny/warm/<task>")
+    parser.add_argument("--threads", type=int_at_least(1), default=1,
+                        help="OMP_NUM_THREADS of the run, as the workflow's launcher gives a step of that many CPUs (1)")
     parser.add_argument("--code", default=None, metavar="DIR", help="run this checkout's code instead (before/after)")
     parser.add_argument("--repeat", type=int_at_least(1), default=1, help="runs; the median of each phase is printed")
     parser.add_argument("--json", default=None, metavar="OUT", help="also write every run's measurements here")
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [measure(args, i) for i in range(args.repeat)]
     med = lambda values: statistics.median(values)  # noqa: E731
     print(f"tiny {args.task}/{args.method} run, {runs[0]['steps']} steps, median of {len(runs)} "
-          f"({os.cpu_count()} cores){'; code: ' + args.code if args.code else ''}")
+          f"({os.cpu_count()} cores, {args.threads} thread(s)){'; code: ' + args.code if args.code else ''}")
     print(f"{'phase':<26}{'wall s':>8}")
     for name in runs[0]["phases_s"]:
         print(f"{name:<26}{med([r['phases_s'][name] for r in runs]):>8.1f}")

@@ -1,5 +1,5 @@
 """tre.backend.cpu without Ray: a worker process does not outlive its parent (the raylet); what each process of a run
-imports (the driver and Ray's helper actors never load torch or verl); the tiny profile's thread count."""
+imports (the driver and Ray's helper actors never load torch or verl)."""
 
 from __future__ import annotations
 
@@ -113,10 +113,3 @@ def test_the_register_center_reaches_its_process_without_verl(tmp_path):
             "assert center.get_rank_zero_info() == {'MASTER_ADDR': 'x'} and center.get_worker_info() == {0: 'node'}\n")
     assert _imported_heavy(code) == []
 
-
-def test_tiny_runs_use_one_thread_per_process():
-    from tre.backend.launch import worker_env
-    from tre.backend.profiles import RunSpec
-
-    assert worker_env("/r", RunSpec(task="math", size="tiny", method="ppo", profile="tiny"))["OMP_NUM_THREADS"] == "1"
-    assert "OMP_NUM_THREADS" not in worker_env("/r", RunSpec(task="math", size="1.5b", method="ppo", profile="paper"))

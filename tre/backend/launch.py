@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from baselines.methods import FORKING_TOKENS_LOSS
 from tre.backend import rundir
-from tre.backend.profiles import TINY_TORCH_THREADS, RunSpec, SpecError, default_run_dir, overrides, split_override, validate, verl_config_dir
+from tre.backend.profiles import RunSpec, SpecError, default_run_dir, overrides, split_override, validate, verl_config_dir
 
 EXIT_INTERRUPTED = {2: 130, 15: 143}  # SIGINT, SIGTERM -> the shell's 128 + signum
 HEARTBEAT_S = 10.0
@@ -96,8 +96,6 @@ def worker_env(run_dir: str, spec: RunSpec) -> dict[str, str]:
 
     env = {rundir.RUN_DIR_ENV: run_dir, SEED_ENV: str(spec.seed), "TOKENIZERS_PARALLELISM": "true",
            "NCCL_DEBUG": "WARN", "VLLM_LOGGING_LEVEL": "WARN"}
-    if spec.profile == "tiny":
-        env["OMP_NUM_THREADS"] = str(TINY_TORCH_THREADS)
     if spec.wandb != "disabled":
         env["WANDB_MODE"] = spec.wandb
         env["WANDB_DIR"] = run_dir

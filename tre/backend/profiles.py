@@ -282,12 +282,6 @@ TINY_DEFAULT_LENGTHS = (256, 32)
 TINY_ENTROPY_COEFFS: Mapping[str, float] = {"full": 0.3, "tre_k": 0.03, "tre_p": 0.03}
 
 
-# Intra-op threads of every process of a tiny run: the tiny model's 64-wide matrices gain nothing from more, and on a
-# loaded machine the extra threads spin (measured: the WorkerDict's CPU time 51 -> 35 s a run, results equal bit for
-# bit).
-TINY_TORCH_THREADS = 1
-
-
 def tiny_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
     """The CPU miniature (README, "The CPU miniature"): 16 PPO steps of 8 prompts x 4 samples on 2 CPU cores.
 
