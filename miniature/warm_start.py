@@ -55,7 +55,7 @@ def demonstrations(paths: list[Path], *, plain_fraction: float = 0.0, seed: int 
 
     A plain_fraction of the math rows (drawn with `seed`) get their answer without \\boxed{}.
     """
-    from evaluation.tasks import math_lighteval, task_for_source
+    from evaluation.tasks import task_for_source
 
     rng = random.Random(seed)
     pairs = []
@@ -73,10 +73,9 @@ def demonstrations(paths: list[Path], *, plain_fraction: float = 0.0, seed: int 
                 raise WarmStartError(f"data: task {task.NAME} ({path}) has no demonstrations; "
                                      "the warm start supports math and countdown")
             try:
-                if task is math_lighteval and plain_fraction and rng.random() < plain_fraction:
-                    pairs.append((list(row["prompt"]), task.demonstration(row, boxed=False)))
-                else:
-                    pairs.append((list(row["prompt"]), task.demonstration(row)))
+                # one draw per row, in file order: math-only data gets the same slips as before countdown had any
+                plain = bool(plain_fraction) and rng.random() < plain_fraction
+                pairs.append((list(row["prompt"]), task.demonstration(row, plain=plain)))
             except (KeyError, TypeError, ValueError) as exc:
                 raise WarmStartError(f"data: row {i} of {path} has no {task.NAME} demonstration ({type(exc).__name__}: {exc}); "
                                      f"make the file with `python -m evaluation.tasks prepare {task.NAME}`") from None
