@@ -6,7 +6,8 @@ fine-tunes the tiny policy on each prepared training row's demonstration (MATH: 
 \\boxed{}; Countdown: the solver's equation in the authors' <think>/<answer> format) for a fixed, small number of
 steps, so PPO starts non-zero but far from perfect. Deterministic given the seed and the thread count.
 
---plain-fraction F writes that fraction of the MATH demonstrations without \\boxed{} around the answer. The warm
+--plain-fraction F writes that fraction of the demonstrations with the task's format slip (MATH: no \\boxed{} around
+the answer; Countdown: the result written into <answer>, `(5 + 2) + 4 = 11`). The warm
 policy then often ignores the requested answer format, as instruct models do, and the scorer gives those answers 0:
 a consistent signal that PPO on a tiny policy can learn within tens of steps (the arithmetic itself it cannot
 improve that fast; see README, "The CPU miniature").
@@ -53,9 +54,9 @@ class Settings:
 def demonstrations(paths: list[Path], *, plain_fraction: float = 0.0, seed: int = 0) -> list[tuple[list[dict[str, str]], str]]:
     """(chat prompt, target response) of every row of the prepared parquet files, from the task's demonstration().
 
-    A plain_fraction of the math rows (drawn with `seed`) get their answer without \\boxed{}.
+    A plain_fraction of the rows (one draw with `seed` per row) get the task's format slip (demonstration(plain=True)).
     """
-    from evaluation.tasks import math_lighteval, task_for_source
+    from evaluation.tasks import task_for_source
 
     rng = random.Random(seed)
     pairs = []
@@ -73,10 +74,9 @@ def demonstrations(paths: list[Path], *, plain_fraction: float = 0.0, seed: int 
                 raise WarmStartError(f"data: task {task.NAME} ({path}) has no demonstrations; "
                                      "the warm start supports math and countdown")
             try:
-                if task is math_lighteval and plain_fraction and rng.random() < plain_fraction:
-                    pairs.append((list(row["prompt"]), task.demonstration(row, boxed=False)))
-                else:
-                    pairs.append((list(row["prompt"]), task.demonstration(row)))
+                # one draw per row, in file order: math-only data gets the same slips as before countdown had any
+                plain = bool(plain_fraction) and rng.random() < plain_fraction
+                pairs.append((list(row["prompt"]), task.demonstration(row, plain=plain)))
             except (KeyError, TypeError, ValueError) as exc:
                 raise WarmStartError(f"data: row {i} of {path} has no {task.NAME} demonstration ({type(exc).__name__}: {exc}); "
                                      f"make the file with `python -m evaluation.tasks prepare {task.NAME}`") from None
@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"fraction of steps of linear warm-up before the cosine decay ({defaults.warmup})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"sampling and init seed ({defaults.seed})")
     parser.add_argument("--plain-fraction", type=fraction, default=defaults.plain_fraction, metavar="F",
-                        help="fraction of MATH demonstrations written without \\boxed{} around the answer "
+                        help="fraction of demonstrations written with the task's format slip (MATH: no \\boxed{}; "
+                             "Countdown: `= result` inside <answer>) "
                              f"({defaults.plain_fraction})")
     parser.add_argument("--threads", type=int_at_least(1), help="torch threads (default: torch's)")
     return parser

@@ -128,6 +128,10 @@ def validate(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
     _check_semantics(config)
 
 
+# data.countdown keys for `prepare countdown --generate` (the CPU miniature's task), spelled as its options
+COUNTDOWN_GENERATOR_KEYS = ("numbers", "max_number", "min_target", "max_target", "ops", "train_from_test")
+
+
 def _check_semantics(config: Mapping[str, Any]) -> None:
     for m in config["train"].get("method_overrides", {}):
         if m not in METHODS:
@@ -138,6 +142,9 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
     for t, spec in config["data"].items():
         if spec.get("max_operand") is not None and not (t == "math" and spec.get("generate")):
             raise ConfigError(f"config: data.{t}.max_operand: only for math with generate: true")
+        for key in COUNTDOWN_GENERATOR_KEYS:
+            if spec.get(key) is not None and spec.get(key) is not False and not (t == "countdown" and spec.get("generate")):
+                raise ConfigError(f"config: data.{t}.{key}: only for countdown with generate: true")
     for s in config["sizes"]:
         if s not in config["models"]:
             raise ConfigError(f"config: models.{s}: required for size {s!r}")
@@ -392,9 +399,12 @@ def data_args(config: Mapping[str, Any], task: str) -> list[str]:
         args.append("--generate")
     if spec.get("source"):
         args += ["--source", spec["source"]]
-    for key in ("train_size", "test_size", "seed", "max_operand"):
-        if spec.get(key) is not None:
-            args += [f"--{key.replace('_', '-')}", str(spec[key])]
+    for key in ("train_size", "test_size", "seed", "max_operand", *COUNTDOWN_GENERATOR_KEYS):
+        value = spec.get(key)
+        if value is True:
+            args.append(f"--{key.replace('_', '-')}")
+        elif value is not None and value is not False:
+            args += [f"--{key.replace('_', '-')}", str(value)]
     return args
 
 

@@ -23,7 +23,9 @@ sources:
   and the next M for test (hh: after the seed-42 shuffle); for math a directory with train.* and test.* keeps its
   own splits. --source ID loads another hub dataset with the same schema.
   --generate makes tasks with our seeded generators instead (offline): countdown every task solvable
-  (3-4 numbers in 1..99, targets 10..100); math one-operation arithmetic on 0..12 in the MATH schema (the
+  (3-4 numbers in 1..99, targets 10..100; --numbers, --max-number, --min-target, --max-target, --ops and
+  --train-from-test change that: the CPU miniature is --numbers 3 --max-number 9 --max-target 50 --ops '+*'
+  --train-from-test); math one-operation arithmetic on 0..12 in the MATH schema (the
   tiny CPU miniature: a problem a tiny policy learns in a minute, scored by the same MATH scorer).
 
 offline fixtures (synthetic, in {FIXTURES_DIR}):
@@ -53,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--generate", action="store_true", help="countdown and math: use our seeded generator")
     prepare.add_argument("--max-operand", type=int_at_least(1), metavar="N",
                          help="math --generate: operands 0..N (12; 6 gives the 126 problems of the CPU miniature)")
+    prepare.add_argument("--numbers", type=int_at_least(2), metavar="N", help="countdown --generate: exactly N numbers (3-4)")
+    prepare.add_argument("--max-number", type=int_at_least(1), metavar="N", help="countdown --generate: numbers 1..N (99)")
+    prepare.add_argument("--min-target", type=int_at_least(0), metavar="N", help="countdown --generate: smallest target (10)")
+    prepare.add_argument("--max-target", type=int_at_least(0), metavar="N", help="countdown --generate: largest target (100)")
+    prepare.add_argument("--ops", metavar="OPS",
+                         help="countdown --generate: targets reachable with these operators, e.g. '+*' (+-*/); the "
+                              "prompt and the reward still allow all four")
+    prepare.add_argument("--train-from-test", action="store_true",
+                         help="countdown --generate: train draws i.i.d. from the test tasks (the CPU miniature)")
     return parser
 
 
@@ -66,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--generate: give either --source or --generate, not both")
     if args.max_operand is not None and not (args.generate and args.task == "math"):
         parser.error("--max-operand: only with math --generate")
+    countdown_options = {"numbers": args.numbers, "max_number": args.max_number, "min_target": args.min_target,
+                         "max_target": args.max_target, "ops": args.ops, "train_from_test": args.train_from_test or None}
+    for key, value in countdown_options.items():
+        if value is not None and not (args.generate and args.task == "countdown"):
+            parser.error(f"--{key.replace('_', '-')}: only with countdown --generate")
     task = get_task(args.task)
     kwargs = {"source": args.source, "train_size": args.train_size, "test_size": args.test_size}
     if args.seed is not None:
@@ -74,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["generated"] = True
     if args.max_operand is not None:
         kwargs["max_operand"] = args.max_operand
+    kwargs.update({key: value for key, value in countdown_options.items() if value is not None})
     try:
         result = task.prepare(args.out, **kwargs)
     except DataUnavailable as exc:

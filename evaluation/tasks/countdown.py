@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import numbers as numbers_abc
 import operator
@@ -24,6 +25,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "countdown.jsonl"
 FIXTURE_SEED = 2602
 
 TOLERANCE = 1e-5
+OPS = "+-*/"  # the operators the prompt allows (and the solver and generator use unless restricted)
 # The only bound the authors' Python does not already put on an answer (its parser rejects more than 200 nested
 # parentheses and unary chains of about 3,000): the size of an integer an operator may produce. Beyond it Python
 # would spend seconds to hours (9**9**9 has 1.2e9 bits); we score 0 instead (docs/fidelity.md).
@@ -49,8 +51,8 @@ def make_prompt(numbers: Sequence[int], target: int) -> str:
     )
 
 
-def make_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
-    """One verl RLHFDataset row from a {target, nums} record."""
+def make_row(record: dict[str, Any], split: str, index: int, *, ops: str = OPS) -> dict[str, Any]:
+    """One verl RLHFDataset row from a {target, nums} record; a generator's operator restriction goes in extra_info."""
     try:
         numbers = [int(n) for n in record["nums"]]
         target = int(record["target"])
@@ -62,27 +64,37 @@ def make_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
         "prompt": common.chat_prompt(make_prompt(numbers, target)),
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": {"target": target, "numbers": numbers}},
-        "extra_info": {"split": split, "index": index},
+        # the reward still accepts any operator; the restriction only tells demonstration() which solution to show
+        "extra_info": {"split": split, "index": index, **({"ops": ops} if ops != OPS else {})},
     }
 
 
 # ---------------------------------------------------------------- solver and generator
 
 
-def _combine(a: int, b: int) -> list[tuple[int, str]]:
-    """Every (value, op) with a non-negative integer result from `larger op smaller` of one pair (a, b)."""
+def check_ops(ops: str) -> str:
+    """`ops` if it is a non-empty subset of + - * / without repeats (in any order), else ValueError naming it."""
+    if not isinstance(ops, str) or not ops or set(ops) - set(OPS) or len(set(ops)) != len(ops):
+        raise ValueError(f"ops: must be one or more of the distinct characters {OPS}, got {ops!r}")
+    return ops
+
+
+def _combine(a: int, b: int, ops: str = OPS) -> list[tuple[int, str]]:
+    """Every (value, op) with op in `ops` and a non-negative integer result from `larger op smaller` of a pair."""
     hi, lo = max(a, b), min(a, b)
     out = [(hi + lo, "+"), (hi - lo, "-"), (hi * lo, "*")]
     if lo != 0 and hi % lo == 0:
         out.append((hi // lo, "/"))
-    return out
+    return [(value, op) for value, op in out if op in ops]
 
 
-def reachable(numbers: Sequence[int]) -> dict[int, str]:
-    """Every value some expression using all numbers once reaches with non-negative integer intermediates."""
+def reachable(numbers: Sequence[int], ops: str = OPS) -> dict[int, str]:
+    """Every value some expression with operators `ops`, using all numbers once, reaches with non-negative integer
+    intermediates."""
     nums = [int(n) for n in numbers]
     if not nums or any(n < 0 for n in nums):
         raise ValueError(f"numbers: must be a non-empty list of non-negative integers, got {list(numbers)!r}")
+    check_ops(ops)
     # values[mask]: value -> expression over exactly the numbers in bitmask `mask`; composite expressions
     # carry outer parentheses so they can be used as operands directly. Every expression tree splits its
     # numbers into two disjoint groups at the root, so combining complementary sub-masks covers them all.
@@ -99,9 +111,12 @@ def reachable(numbers: Sequence[int]) -> dict[int, str]:
             if sub < other:  # each unordered split once
                 for a, ea in values[sub].items():
                     for b, eb in values[other].items():
-                        for value, op in _combine(a, b):
+                        for value, op in _combine(a, b, ops):
                             if value not in table:
-                                left, right = (ea, eb) if a >= b else (eb, ea)
+                                # - and / put the larger first (non-negative integers); + and * keep the numbers in
+                                # the prompt's order, the order a small policy copies most easily
+                                first = (sub & -sub) < (other & -other) if op in "+*" else a >= b
+                                left, right = (ea, eb) if first else (eb, ea)
                                 table[value] = f"({left} {op} {right})"
             sub = (sub - 1) & mask
     full = values[-1]
@@ -110,9 +125,10 @@ def reachable(numbers: Sequence[int]) -> dict[int, str]:
     return {value: expr[1:-1] for value, expr in full.items()}
 
 
-def solve(numbers: Sequence[int], target: int) -> str | None:
-    """An expression using every number once with non-negative integer intermediates that equals target, or None."""
-    return reachable(numbers).get(int(target))
+def solve(numbers: Sequence[int], target: int, ops: str = OPS) -> str | None:
+    """An expression with operators `ops` using every number once, with non-negative integer intermediates, that
+    equals target, or None."""
+    return reachable(numbers, ops).get(int(target))
 
 
 def generate(
@@ -125,8 +141,10 @@ def generate(
     max_number: int = 99,
     min_target: int = 10,
     max_target: int = 100,
+    ops: str = OPS,
 ) -> list[dict[str, Any]]:
-    """n unique solvable tasks {target, nums} (Stream-of-Search recipe), deterministic given the seed."""
+    """n unique tasks {target, nums} solvable with operators `ops` (Stream-of-Search recipe), deterministic given
+    the seed."""
     if n < 0:
         raise ValueError(f"n: must be >= 0, got {n}")
     if not 2 <= min_numbers <= max_numbers:
@@ -137,6 +155,7 @@ def generate(
         raise ValueError(
             "min_number/max_number/min_target/max_target: need 1 <= min <= max for numbers, 0 <= min <= max for targets"
         )
+    check_ops(ops)
     rng = random.Random(seed)
     tasks: list[dict[str, Any]] = []
     seen: set[tuple] = set()
@@ -153,20 +172,27 @@ def generate(
             target = rng.randint(min_target, max_target)
             nums = [rng.randint(min_number, max_number) for _ in range(count)]
             key = (tuple(sorted(nums)), target)
-            if key not in seen and target in reachable(nums):
+            if key not in seen and target in reachable(nums, ops):
                 break
         seen.add(key)
         tasks.append({"target": target, "nums": nums})
     return tasks
 
 
-def demonstration(row: dict[str, Any]) -> str:
-    """The solver's answer to a prepared row in the authors' format (the warm start's target response)."""
+def demonstration(row: dict[str, Any], *, plain: bool = False) -> str:
+    """The solver's answer to a prepared row in the authors' format, with the row's generator operators (the warm
+    start's target response).
+
+    plain=True writes the answer as the equation with its result, `<answer>(5 + 2) + 4 = 11</answer>` (the warm
+    start's format slip, a common one of instruct models): a sound solution the scorer gives 0, since `=` is not
+    an arithmetic character.
+    """
     numbers, target = _ground_truth(row["reward_model"]["ground_truth"])
-    expression = solve(numbers, int(target))
+    expression = solve(numbers, int(target), (row.get("extra_info") or {}).get("ops") or OPS)
     if expression is None:
         raise ValueError(f"ground_truth: no expression over {numbers} reaches {int(target)}")
-    return f"<think>{expression} = {int(target)}</think> <answer>{expression}</answer>"
+    equation = f"{expression} = {int(target)}"
+    return f"<think>{equation}</think> <answer>{equation if plain else expression}</answer>"
 
 
 # ---------------------------------------------------------------- reward
@@ -305,19 +331,46 @@ def prepare(
     test_size: int = 5000,
     seed: int = 0,
     generated: bool = False,
+    numbers: int | None = None,
+    max_number: int = 99,
+    min_target: int = 10,
+    max_target: int = 100,
+    ops: str = OPS,
+    train_from_test: bool = False,
 ) -> dict:
-    """Write Countdown train/test parquet: first train_size rows / next test_size rows of the source or generator."""
+    """Write Countdown train/test parquet: first train_size rows / next test_size rows of the source or generator.
+
+    The generator's options: exactly `numbers` numbers (else 3-4), each in 1..max_number, a target in
+    min_target..max_target reachable with the operators `ops`. train_from_test: the test split is test_size unique
+    tasks and the train split draws train_size i.i.d. from them (the CPU miniature: solutions the warm start has
+    half memorised, as the MATH miniature's sums)."""
+    options = {"numbers": numbers, "max_number": max_number, "min_target": min_target, "max_target": max_target,
+               "ops": ops, "train_from_test": train_from_test}
+    defaults = {"numbers": None, "max_number": 99, "min_target": 10, "max_target": 100, "ops": OPS,
+                "train_from_test": False}
+    changed = {k: v for k, v in options.items() if v != defaults[k]}
     if generated and source is not None:
         raise ValueError("source: give either a source or generated=True (--generate), not both")
+    if changed and not generated:
+        raise ValueError(f"{next(iter(changed))}: only for generated tasks (--generate)")
+    row = make_row
     if generated:
-        records = generate(train_size + test_size, seed=seed)
-        origin = f"generator(seed={seed})"
+        if numbers is not None and numbers < 2:
+            raise ValueError(f"numbers: must be >= 2, got {numbers}")
+        counts = {} if numbers is None else {"min_numbers": numbers, "max_numbers": numbers}
+        ranges = {"max_number": max_number, "min_target": min_target, "max_target": max_target, "ops": ops}
+        if train_from_test:
+            test = generate(test_size, seed=seed, **counts, **ranges)
+            rng = random.Random(seed)
+            records = [rng.choice(test) for _ in range(train_size)] + test if test else []
+        else:
+            records = generate(train_size + test_size, seed=seed, **counts, **ranges)
+        origin = "generator(" + ", ".join(f"{k}={v}" for k, v in {"seed": seed, **changed}.items()) + ")"
+        row = functools.partial(make_row, ops=ops)
     else:
         records = load_records(source)
         origin = source or HUB_ID
     train = common.take(records, 0, train_size, what="train-size")
     test = common.take(records, train_size, test_size, what="test-size")
-    result = common.write_dataset(
-        out_dir, common.build_rows(train, make_row, "train"), common.build_rows(test, make_row, "test")
-    )
+    result = common.write_dataset(out_dir, common.build_rows(train, row, "train"), common.build_rows(test, row, "test"))
     return {"task": NAME, "source": origin, **result}

@@ -275,14 +275,14 @@ def generate(n_train: int, n_test: int, *, seed: int, max_operand: int = 12) -> 
     return train, test
 
 
-def demonstration(row: dict[str, Any], *, boxed: bool = True) -> str:
+def demonstration(row: dict[str, Any], *, plain: bool = False) -> str:
     """The worked solution of a prepared row (the warm start's target response).
 
-    boxed=False writes the final answer without \\boxed{} (the warm start's format slips): a sound solution the
+    plain=True writes the final answer without \\boxed{} (the warm start's format slip): a sound solution the
     scorer gives 0, because the prompt asks for the boxed answer.
     """
     solution = row["extra_info"]["solution"]
-    if boxed:
+    if not plain:
         return solution
     boxed_answer = last_boxed_only_string(solution)
     if boxed_answer is None:

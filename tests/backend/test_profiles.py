@@ -140,7 +140,8 @@ def test_tiny_profile_is_the_miniature(tmp_path):
         "trainer.test_freq": "4", "trainer.save_freq": "16", "data.max_prompt_length": "72", "data.max_response_length": "20"}
     coeff = "actor_rollout_ref.actor.entropy_coeff"
     assert [run("math", m)[coeff] for m in ("entropy", "tre_k", "tre_p", "ppo", "forking_tokens")] == ["0.3", "0.03", "0.03", "0", "0"]
-    assert (run("countdown", "ppo")["data.max_prompt_length"], run("countdown", "ppo")["data.max_response_length"]) == ("256", "32")
+    assert (run("countdown", "ppo")["data.max_prompt_length"], run("countdown", "ppo")["data.max_response_length"]) == ("144", "40")
+    assert (run("hh", "ppo")["data.max_prompt_length"], run("hh", "ppo")["data.max_response_length"]) == ("256", "32")
     # a user override still wins over the profile's coefficient
     user = overrides(RunSpec("math", "tiny", "entropy", profile="tiny", model_path=str(tmp_path), extra=(f"{coeff}=0.5",)))
     assert override_map(user)[coeff] == "0.5" and sum(i.split("=")[0] == coeff for i in user) == 1

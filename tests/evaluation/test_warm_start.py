@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
+
+from common.files import read_parquet
 
 from miniature import warm_start
 from evaluation.tasks import countdown, hh, math_lighteval
@@ -27,13 +30,13 @@ def test_demonstrations_come_from_each_rows_task(data):
     assert all(r.startswith("<think>") and r.endswith("</answer>") for _, r in pairs[48:])
 
 
-def test_plain_fraction_drops_the_box_from_that_share_of_math_demonstrations_only(data):
-    paths = [data / "math" / "train.parquet", data / "countdown" / "train.parquet"]
+def test_plain_fraction_drops_the_box_from_that_share_of_math_demonstrations(data):
+    paths = [data / "math" / "train.parquet"]
     boxed = warm_start.demonstrations(paths)
     mixed = warm_start.demonstrations(paths, plain_fraction=0.5, seed=3)
     assert mixed == warm_start.demonstrations(paths, plain_fraction=0.5, seed=3)  # deterministic given the seed
-    assert [p for p, _ in mixed] == [p for p, _ in boxed] and mixed[48:] == boxed[48:]  # countdown untouched
-    plain = [i for i, (_, r) in enumerate(mixed[:48]) if "\\boxed" not in r]
+    assert [p for p, _ in mixed] == [p for p, _ in boxed]
+    plain = [i for i, (_, r) in enumerate(mixed) if "\\boxed" not in r]
     assert 12 <= len(plain) <= 36
     for i in range(48):
         answer = math_lighteval.remove_boxed(math_lighteval.last_boxed_only_string(boxed[i][1]))
@@ -42,6 +45,18 @@ def test_plain_fraction_drops_the_box_from_that_share_of_math_demonstrations_onl
             assert math_lighteval.score(mixed[i][1], answer) == 0.0
         else:
             assert mixed[i][1] == boxed[i][1]
+
+
+def test_plain_fraction_writes_the_result_into_that_share_of_countdown_answers(data):
+    path = data / "countdown" / "train.parquet"
+    rows = read_parquet(path, "data").to_pylist()
+    mixed = warm_start.demonstrations([path], plain_fraction=0.5, seed=0)
+    draws = random.Random(0)
+    for row, (_, response) in zip(rows, mixed, strict=True):  # one draw per row, in order
+        plain = draws.random() < 0.5
+        assert response == countdown.demonstration(row, plain=plain)
+        assert countdown.score(response, row["reward_model"]["ground_truth"]) == (0.0 if plain else 1.0)
+    assert 4 <= sum(" = " in r.split("<answer>")[1] for _, r in mixed) <= 12
 
 
 def test_cli_trains_deterministically_and_lowers_the_loss(tmp_path, data, tiny_model, capsys):

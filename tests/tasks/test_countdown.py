@@ -189,6 +189,32 @@ def test_generate_is_deterministic_unique_and_solvable():
         c.generate(3, seed=0, min_numbers=5, max_numbers=4)
 
 
+def test_operator_restriction_and_the_prompt_order_of_sums_and_products():
+    # + and * keep the numbers in the prompt's order; - and / put the larger first
+    assert c.solve([7, 5, 8], 47) == "7 + (5 * 8)"
+    assert c.solve([5, 2, 4], 11) == "(5 + 2) + 4"
+    assert c.solve([2, 9], 7) == "9 - 2"
+    assert sorted(c.reachable([1, 2, 3], "+*").items()) == [
+        (5, "(1 * 2) + 3"), (6, "(1 + 2) + 3"), (7, "1 + (2 * 3)"), (8, "(1 + 3) * 2"), (9, "(1 + 2) * 3")]
+    assert c.solve([2, 3, 4], 9, "+") == "(2 + 3) + 4" and c.solve([2, 3, 4], 10, "+") is None
+    assert c.solve([2, 3, 4], 10, "+*") == "(2 * 3) + 4" and c.solve([6, 3], 2, "+-*") is None
+    assert c.solve([6, 3], 2) == "6 / 3"
+    for bad in ("", "x", "++", "+ ", None):
+        with pytest.raises(ValueError, match=r"^ops: must be one or more of the distinct characters \+-\*/, got "):
+            c.reachable([1, 2], bad)
+
+
+def test_generate_with_exactly_three_small_numbers_and_restricted_operators():
+    tasks = c.generate(4, seed=0, min_numbers=3, max_numbers=3, max_number=9, max_target=50, ops="+*")
+    assert tasks == [{"target": 47, "nums": [7, 5, 8]}, {"target": 11, "nums": [5, 2, 4]},
+                     {"target": 16, "nums": [3, 4, 1]}, {"target": 12, "nums": [1, 4, 3]}]
+    for t in c.generate(200, seed=1, min_numbers=3, max_numbers=3, max_number=9, max_target=50, ops="+*"):
+        assert len(t["nums"]) == 3 and all(1 <= n <= 9 for n in t["nums"]) and 10 <= t["target"] <= 50
+        assert set(c.solve(t["nums"], t["target"], "+*")) <= set("0123456789+*() ")
+    with pytest.raises(ValueError, match="^ops: "):
+        c.generate(1, seed=0, ops="%")
+
+
 def test_frozen_fixture_is_the_generator_output():
     lines = c.FIXTURE.read_text().splitlines()
     assert [json.loads(line) for line in lines] == c.generate(len(lines), seed=c.FIXTURE_SEED)

@@ -158,6 +158,42 @@ def test_countdown_demonstration_is_a_full_reward_answer_in_the_authors_format(t
         countdown.demonstration(row)
 
 
+def test_countdown_miniature_options_train_from_test_restricted_demonstrations_and_slips(tmp_path, capsys):
+    argv = ["prepare", "countdown", "--generate", "--numbers", "3", "--max-number", "9", "--max-target", "50",
+            "--ops", "+*", "--train-from-test", "--train-size", "40", "--test-size", "4", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == (
+        "generator(seed=0, numbers=3, max_number=9, max_target=50, ops=+*, train_from_test=True)")
+    train, test = read(tmp_path / "train.parquet"), read(tmp_path / "test.parquet")
+    assert [row["reward_model"]["ground_truth"] for row in test] == [
+        {"target": 47, "numbers": [7, 5, 8]}, {"target": 11, "numbers": [5, 2, 4]},
+        {"target": 16, "numbers": [3, 4, 1]}, {"target": 12, "numbers": [1, 4, 3]}]
+    truths = [row["reward_model"]["ground_truth"] for row in train]
+    assert len(truths) == 40 and all(t in truths for t in [row["reward_model"]["ground_truth"] for row in test])
+    assert all(t in [row["reward_model"]["ground_truth"] for row in test] for t in truths)  # only the test's tasks
+    assert test[0]["extra_info"] == {"split": "test", "index": 0, "ops": "+*"}
+    # the demonstration uses the generator's operators; its slip writes the result into the answer, worth 0
+    assert countdown.demonstration(test[2]) == "<think>(3 + 1) * 4 = 16</think> <answer>(3 + 1) * 4</answer>"
+    slip = countdown.demonstration(test[2], plain=True)
+    assert slip == "<think>(3 + 1) * 4 = 16</think> <answer>(3 + 1) * 4 = 16</answer>"
+    assert countdown.score(countdown.demonstration(test[2]), test[2]["reward_model"]["ground_truth"]) == 1.0
+    assert countdown.score(slip, test[2]["reward_model"]["ground_truth"]) == 0.0
+    ones = {"reward_model": {"ground_truth": {"target": 1, "numbers": [1, 1, 1]}}}
+    assert countdown.demonstration(ones) == "<think>(1 + 1) - 1 = 1</think> <answer>(1 + 1) - 1</answer>"
+    assert countdown.demonstration({**ones, "extra_info": {"ops": "+*"}}) == (
+        "<think>(1 * 1) * 1 = 1</think> <answer>(1 * 1) * 1</answer>")
+    for bad, err in ((["--numbers", "1"], "--numbers: must be an integer >= 2"),
+                     (["--ops", "+"], "--ops: only with countdown --generate"),
+                     (["--train-from-test"], "--train-from-test: only with countdown --generate")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["prepare", "countdown" if bad[0] == "--numbers" else "math", "--generate", "--out", "x", *bad])
+        assert exit_info.value.code == 2 and err in capsys.readouterr().err
+    assert main(["prepare", "countdown", "--generate", "--ops", "+%", "--out", str(tmp_path / "y")]) == 2
+    assert capsys.readouterr().err == "error: countdown: ops: must be one or more of the distinct characters +-*/, got '+%'\n"
+    with pytest.raises(ValueError, match="^ops: only for generated tasks"):
+        countdown.prepare(tmp_path / "z", source=str(countdown.FIXTURE), ops="+")
+
+
 def test_prepare_hh_shuffles_like_datasets(tmp_path):
     import datasets
 

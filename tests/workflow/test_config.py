@@ -61,6 +61,10 @@ def test_deep_merge_replaces_lists_and_scalars():
      "config: warm_start.tasks.math.lr: 0 is less than or equal to"),
     ({"warm_start": {"base": "models/tiny/policy", "tasks": {"maths": {}}}}, "config: warm_start.tasks.maths: unknown key"),
     ({"data": {"countdown": {"max_operand": 3}}}, "config: data.countdown.max_operand: only for math with generate"),
+    ({"data": {"math": {"ops": "+"}}}, "config: data.math.ops: only for countdown with generate"),
+    ({"data": {"countdown": {"generate": False, "numbers": 3}}},
+     "config: data.countdown.numbers: only for countdown with generate"),
+    ({"data": {"countdown": {"ops": "+x"}}}, "config: data.countdown.ops: '+x' does not match"),
     ({"train": {"task_overrides": {"maths": []}}}, "config: train.task_overrides.maths: unknown key"),
     ({"warm_start": {"base": "models/tiny/policy", "plain_fraction": 1}},
      "config: warm_start.plain_fraction: 1 is greater than or equal to the maximum of 1"),
@@ -105,8 +109,8 @@ def test_command_lines_follow_the_step_interfaces():
         "trainer.total_training_steps=2", "data.max_prompt_length=72", "data.max_response_length=20",
         "actor_rollout_ref.actor.entropy_coeff=0.01"]
     assert wfc.data_args(cfg, "countdown") == [
-        "prepare", "countdown", "--out", "data/countdown", "--generate", "--train-size", "48", "--test-size", "16",
-        "--seed", "0"]
+        "prepare", "countdown", "--out", "data/countdown", "--generate", "--train-size", "2000", "--test-size", "32",
+        "--seed", "0", "--numbers", "3", "--max-number", "9", "--max-target", "50", "--ops", "+*", "--train-from-test"]
     assert wfc.rm_train_args(cfg, "tiny") == [
         "train", "--base", "models/tiny/reward", "--data", "evaluation/tasks/fixtures/ultrafeedback.jsonl",
         "--out", "models/rm/tiny", "--preset", "tiny"]
