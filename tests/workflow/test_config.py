@@ -17,7 +17,8 @@ def test_default_is_the_tiny_grid():
     cfg = wfc.resolve({})
     assert cfg["grid"] == "tiny" and cfg["sizes"] == ["tiny"]
     runs = list(wfc.runs(cfg))
-    assert len(runs) == 3 * 6  # 3 tasks x 6 paper methods x 1 seed
+    assert len(runs) == 3 * 6 * 3  # the paper's 3 tasks x 6 methods x 3 seeds
+    assert cfg["tasks"] == ["math", "countdown", "hh"]
     assert runs[0] == wfc.Run("math", "tiny", "ppo", 0)
     assert runs[0].run_dir == "runs/math/tiny/ppo/seed0"
 
