@@ -55,8 +55,6 @@ def test_deep_merge_replaces_lists_and_scalars():
     ({"train": {"overrides": ["no_equals_sign"]}}, "config: train.overrides.0: 'no_equals_sign' does not match"),
     ({"bogus": 1}, "config: bogus: unknown key (allowed: "),
     ({"warm_start": None}, "config: warm_start: required when a policy is models/tiny/warm"),
-    ({"warm_start": {"base": "models/tiny/policy", "tasks": {"hh": {"steps": 3}}}},
-     "config: warm_start.tasks.hh: task hh has no demonstrations to warm-start from; tasks with them: math, countdown"),
     ({"warm_start": {"base": "models/tiny/policy", "tasks": {"math": {"lr": 0}}}},
      "config: warm_start.tasks.math.lr: 0 is less than or equal to"),
     ({"warm_start": {"base": "models/tiny/policy", "tasks": {"maths": {}}}}, "config: warm_start.tasks.maths: unknown key"),
@@ -122,7 +120,7 @@ def test_each_task_with_demonstrations_gets_its_own_warm_start():
     cfg = wfc.resolve({"tasks": ["hh", "countdown", "math"], "models": {"tiny": {"policy": "models/tiny/warm"}},
                        "warm_start": {"base": "models/tiny/policy", "steps": 600, "lr": 0.003, "batch_size": 32,
                                       "seed": 0, "plain_fraction": 0.5, "tasks": {"countdown": {"steps": 7, "lr": 0.01}}}})
-    assert wfc.warm_start_tasks(cfg) == ["countdown", "math"]
+    assert wfc.warm_start_tasks(cfg) == ["hh", "countdown", "math"]
     # math alone, with the shared settings: the arguments (and so the model) of the one warm start before tasks had their own
     assert wfc.warm_start_args(cfg, "math", 2) == [
         "--model", "models/tiny/policy", "--data", "data/math/train.parquet", "--out", "models/tiny/warm/math",
@@ -132,7 +130,7 @@ def test_each_task_with_demonstrations_gets_its_own_warm_start():
         "--threads", "2"]
     assert wfc.warm_start_settings(cfg, "countdown")["steps"] == 7 and wfc.warm_start_settings(cfg, "countdown")["lr"] == 0.01
     policies = {t: wfc.policy_path(cfg, wfc.Run(t, "tiny", "ppo", 0)) for t in cfg["tasks"]}
-    assert policies == {"hh": "models/tiny/policy", "countdown": "models/tiny/warm/countdown", "math": "models/tiny/warm/math"}
+    assert policies == {"hh": "models/tiny/warm/hh", "countdown": "models/tiny/warm/countdown", "math": "models/tiny/warm/math"}
     assert wfc.is_made_path(policies["math"])
     assert wfc.resolve({"grid": "paper"})["warm_start"] is None
     assert wfc.warm_start_tasks(wfc.resolve({"models": {"tiny": {"policy": "models/tiny/policy"}}})) == []
