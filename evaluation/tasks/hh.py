@@ -67,8 +67,10 @@ def make_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
     }
 
 
-def demonstration(row: dict[str, Any]) -> str:
-    """The preferred reply of a prepared row (the warm start's target response)."""
+def demonstration(row: dict[str, Any], *, plain: bool = False) -> str:
+    """The preferred reply of a prepared row (the warm start's target response); HH has no answer format to slip."""
+    if plain:
+        raise ValueError("plain: HH replies have no format to slip; warm-start HH with plain_fraction 0")
     return row["extra_info"]["chosen"]
 
 

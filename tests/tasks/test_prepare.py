@@ -214,6 +214,8 @@ def test_hh_demonstration_is_the_preferred_reply_of_the_row(tmp_path):
     assert row["prompt"][0]["content"] == "What is the opposite of 'generous'?"
     assert hh.demonstration(row) == 'Common opposites are "stingy", "selfish" or "mean".'
     assert "chosen" not in row["reward_model"]["ground_truth"]  # the reward model never sees the reference reply
+    with pytest.raises(ValueError, match="^plain: HH replies have no format to slip"):
+        hh.demonstration(row, plain=True)
 
 
 def test_bad_sources_give_one_clear_error(tmp_path):
