@@ -3,8 +3,9 @@
 At full scale PPO starts from Qwen2.5-Instruct, which already answers in the task's format and is right some of the
 time. A random tiny model never is, so every method would score 0 and the CPU grid would compare noise. This stage
 fine-tunes the tiny policy on each prepared training row's demonstration (MATH: the worked solution ending in
-\\boxed{}; Countdown: the solver's equation in the authors' <think>/<answer> format) for a fixed, small number of
-steps, so PPO starts non-zero but far from perfect. Deterministic given the seed and the thread count.
+\\boxed{}; Countdown: the solver's equation in the authors' <think>/<answer> format; HH: the preferred reply of the
+preference pair) for a fixed, small number of steps, so PPO starts non-zero but far from perfect. Deterministic given
+the seed and the thread count.
 
 --plain-fraction F writes that fraction of the demonstrations with the task's format slip (MATH: no \\boxed{} around
 the answer; Countdown: the result written into <answer>, `(5 + 2) + 4 = 11`). The warm
@@ -71,8 +72,7 @@ def demonstrations(paths: list[Path], *, plain_fraction: float = 0.0, seed: int 
             except (KeyError, TypeError, ValueError):
                 raise WarmStartError(f"data: row {i} of {path} has no known data_source") from None
             if not hasattr(task, "demonstration"):
-                raise WarmStartError(f"data: task {task.NAME} ({path}) has no demonstrations; "
-                                     "the warm start supports math and countdown")
+                raise WarmStartError(f"data: task {task.NAME} ({path}) has no demonstrations")
             try:
                 # one draw per row, in file order: math-only data gets the same slips as before countdown had any
                 plain = bool(plain_fraction) and rng.random() < plain_fraction
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m miniature.warm_start", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, metavar="DIR", help="base policy directory (HF format)")
     parser.add_argument("--data", required=True, nargs="+", type=Path, metavar="PARQUET",
-                        help="prepared train parquet(s) of math and/or countdown (python -m evaluation.tasks prepare)")
+                        help="prepared train parquet(s) (python -m evaluation.tasks prepare)")
     parser.add_argument("--out", required=True, type=output_dir, metavar="DIR",
                         help="where the warm-started policy goes: a new or empty directory, or an earlier warm start's "
                              f"output (it has {RECORD}), replaced only once the new one is saved")

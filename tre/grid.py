@@ -58,7 +58,7 @@ TASKS: Mapping[str, Task] = _by_name(
     "TASKS",
     Task("math", "math_lighteval", "MATH", "Pass@1 (fraction correct)", demonstrations=True),
     Task("countdown", "countdown", "Countdown", "Pass@1 (mean reward, 1 = solved)", demonstrations=True),
-    Task("hh", "hh", "HH", "Reward (RM score)"),
+    Task("hh", "hh", "HH", "Reward (RM score)", demonstrations=True),
 )
 
 # Smallest first: the figures' columns follow it. "tiny" is the CPU miniature's random Qwen2 (miniature/).

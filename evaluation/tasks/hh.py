@@ -44,16 +44,34 @@ def user_prompt(record: dict[str, Any], where: str) -> str:
     return first["content"]
 
 
+def chosen_response(record: dict[str, Any], where: str) -> str:
+    """The preferred assistant reply of a preference record: `chosen[1].content`."""
+    chosen = record["chosen"]
+    if len(chosen) < 2 or not isinstance(chosen[1], dict) or chosen[1].get("role") != "assistant" \
+            or not isinstance(chosen[1].get("content"), str):
+        raise ValueError(f"chosen: {where} needs an assistant reply with string content after the user message")
+    return chosen[1]["content"]
+
+
 def make_row(record: dict[str, Any], split: str, index: int) -> dict[str, Any]:
-    """One verl RLHFDataset row: the user turn as prompt, and as ground truth for the reward model."""
-    prompt = user_prompt(record, f"row {index} of {split}")
+    """One verl RLHFDataset row: the user turn as prompt, and as ground truth for the reward model; the preferred
+    reply rides along in extra_info (the warm start's demonstration; the reward never sees it)."""
+    where = f"row {index} of {split}"
+    prompt = user_prompt(record, where)
     return {
         "data_source": DATA_SOURCE,
         "prompt": common.chat_prompt(prompt),
         "ability": ABILITY,
         "reward_model": {"style": "model", "ground_truth": {"prompt": prompt}},
-        "extra_info": {"split": split, "index": index},
+        "extra_info": {"split": split, "index": index, "chosen": chosen_response(record, where)},
     }
+
+
+def demonstration(row: dict[str, Any], *, plain: bool = False) -> str:
+    """The preferred reply of a prepared row (the warm start's target response); HH has no answer format to slip."""
+    if plain:
+        raise ValueError("plain: HH replies have no format to slip; warm-start HH with plain_fraction 0")
+    return row["extra_info"]["chosen"]
 
 
 def load_records(source: str | None) -> list[dict[str, Any]]:

@@ -141,7 +141,9 @@ def test_tiny_profile_is_the_miniature(tmp_path):
     coeff = "actor_rollout_ref.actor.entropy_coeff"
     assert [run("math", m)[coeff] for m in ("entropy", "tre_k", "tre_p", "ppo", "forking_tokens")] == ["0.3", "0.03", "0.03", "0", "0"]
     assert (run("countdown", "ppo")["data.max_prompt_length"], run("countdown", "ppo")["data.max_response_length"]) == ("144", "40")
-    assert (run("hh", "ppo")["data.max_prompt_length"], run("hh", "ppo")["data.max_response_length"]) == ("256", "32")
+    assert (run("hh", "ppo")["data.max_prompt_length"], run("hh", "ppo")["data.max_response_length"]) == ("64", "32")
+    # one epoch per step: the 24 HH train prompts (3 batches an epoch) still give the 16 steps
+    assert {run(task, "ppo")["trainer.total_epochs"] for task in ("math", "countdown", "hh")} == {"16"}
     # a user override still wins over the profile's coefficient
     user = overrides(RunSpec("math", "tiny", "entropy", profile="tiny", model_path=str(tmp_path), extra=(f"{coeff}=0.5",)))
     assert override_map(user)[coeff] == "0.5" and sum(i.split("=")[0] == coeff for i in user) == 1

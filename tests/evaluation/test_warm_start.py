@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import random
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from common.files import read_parquet
@@ -28,6 +30,10 @@ def test_demonstrations_come_from_each_rows_task(data):
     assert messages[0]["role"] == "user" and messages[0]["content"].startswith("What is $")
     assert response == math_lighteval.generate(48, 1, seed=0)[0][0]["solution"]
     assert all(r.startswith("<think>") and r.endswith("</answer>") for _, r in pairs[48:])
+
+    messages, response = warm_start.demonstrations([data / "hh" / "train.parquet"])[0]
+    assert (messages, response) == ([{"role": "user", "content": "What is the opposite of 'generous'?"}],
+                                    'Common opposites are "stingy", "selfish" or "mean".')
 
 
 def test_plain_fraction_drops_the_box_from_that_share_of_math_demonstrations(data):
@@ -83,10 +89,13 @@ def test_bad_input_is_one_line_and_keeps_the_previous_output(tmp_path, data, tin
     out.mkdir()
     (out / "keep.txt").write_text("previous")
     (out / warm_start.RECORD).write_text("{}")
+    stale_hh = tmp_path / "stale_hh.parquet"  # made before HH rows carried their preferred reply
+    rows = read_parquet(data / "hh" / "train.parquet", "data").to_pylist()
+    pq.write_table(pa.Table.from_pylist([{**r, "extra_info": {"split": "train", "index": 0}} for r in rows]), stale_hh)
     cases = [
-        (["--model", str(tiny_model), "--data", str(data / "hh" / "train.parquet")],
-         "error: data: task hh ({}) has no demonstrations; the warm start supports math and countdown\n"
-         .format(data / "hh" / "train.parquet")),
+        (["--model", str(tiny_model), "--data", str(stale_hh)],
+         f"error: data: row 0 of {stale_hh} has no hh demonstration (KeyError: 'chosen'); "
+         "make the file with `python -m evaluation.tasks prepare hh`\n"),
         (["--model", str(tmp_path), "--data", str(data / "math" / "train.parquet")],
          f"error: model: {tmp_path} is not a model directory (no config.json)\n"),
         (["--model", str(tiny_model), "--data", str(tmp_path / "nope.parquet")],

@@ -204,7 +204,18 @@ def test_prepare_hh_shuffles_like_datasets(tmp_path):
     assert [row["prompt"][0]["content"] for row in rows] == expected
     assert rows[0]["reward_model"] == {"style": "model", "ground_truth": {"prompt": expected[0]}}
     assert (rows[0]["ability"], rows[0]["data_source"]) == ("alignment", "hh")
-    assert rows[30]["extra_info"] == {"split": "test", "index": 0}
+    chosen = {r["chosen"][0]["content"]: r["chosen"][1]["content"] for r in records}
+    assert rows[30]["extra_info"] == {"split": "test", "index": 0, "chosen": chosen[expected[30]]}
+
+
+def test_hh_demonstration_is_the_preferred_reply_of_the_row(tmp_path):
+    hh.prepare(tmp_path, source=str(hh.FIXTURE), train_size=2, test_size=1)
+    row = read(tmp_path / "train.parquet")[0]
+    assert row["prompt"][0]["content"] == "What is the opposite of 'generous'?"
+    assert hh.demonstration(row) == 'Common opposites are "stingy", "selfish" or "mean".'
+    assert "chosen" not in row["reward_model"]["ground_truth"]  # the reward model never sees the reference reply
+    with pytest.raises(ValueError, match="^plain: HH replies have no format to slip"):
+        hh.demonstration(row, plain=True)
 
 
 def test_bad_sources_give_one_clear_error(tmp_path):
@@ -218,6 +229,9 @@ def test_bad_sources_give_one_clear_error(tmp_path):
         hh.prepare(tmp_path, source=str(tmp_path / "missing.parquet"))
     bad.write_text('{"chosen": [{"role": "assistant", "content": "hi"}]}\n')
     with pytest.raises(ValueError, match="^chosen: row 0 of train must start with a user message"):
+        hh.prepare(tmp_path / "o", source=str(bad), train_size=1, test_size=0)
+    bad.write_text('{"chosen": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(ValueError, match="^chosen: row 0 of train needs an assistant reply with string content"):
         hh.prepare(tmp_path / "o", source=str(bad), train_size=1, test_size=0)
 
 

@@ -56,8 +56,6 @@ def test_deep_merge_replaces_lists_and_scalars():
     ({"train": {"overrides": ["no_equals_sign"]}}, "config: train.overrides.0: 'no_equals_sign' does not match"),
     ({"bogus": 1}, "config: bogus: unknown key (allowed: "),
     ({"warm_start": None}, "config: warm_start: required when a policy is models/tiny/warm"),
-    ({"warm_start": {"base": "models/tiny/policy", "tasks": {"hh": {"steps": 3}}}},
-     "config: warm_start.tasks.hh: task hh has no demonstrations to warm-start from; tasks with them: math, countdown"),
     ({"warm_start": {"base": "models/tiny/policy", "tasks": {"math": {"lr": 0}}}},
      "config: warm_start.tasks.math.lr: 0 is less than or equal to"),
     ({"warm_start": {"base": "models/tiny/policy", "tasks": {"maths": {}}}}, "config: warm_start.tasks.maths: unknown key"),
@@ -103,7 +101,7 @@ def test_command_lines_follow_the_step_interfaces():
     run = wfc.Run("hh", "tiny", "tre_k", 1)
     assert wfc.train_args(cfg, run) == [
         "train", "--task", "hh", "--size", "tiny", "--method", "tre_k", "--seed", "1", "--profile", "tiny",
-        "--run-dir", "runs/hh/tiny/tre_k/seed1", "--data-dir", "data/hh", "--model-path", "models/tiny/policy",
+        "--run-dir", "runs/hh/tiny/tre_k/seed1", "--data-dir", "data/hh", "--model-path", "models/tiny/warm/hh",
         "trainer.total_training_steps=2", "actor_rollout_ref.actor.entropy_coeff=0.01"]
     # global, then the task's, then the method's (the last one wins in Hydra)
     assert wfc.train_args(cfg, wfc.Run("math", "tiny", "tre_k", 0))[-4:] == [
@@ -123,7 +121,7 @@ def test_each_task_with_demonstrations_gets_its_own_warm_start():
     cfg = wfc.resolve({"tasks": ["hh", "countdown", "math"], "models": {"tiny": {"policy": "models/tiny/warm"}},
                        "warm_start": {"base": "models/tiny/policy", "steps": 600, "lr": 0.003, "batch_size": 32,
                                       "seed": 0, "plain_fraction": 0.5, "tasks": {"countdown": {"steps": 7, "lr": 0.01}}}})
-    assert wfc.warm_start_tasks(cfg) == ["countdown", "math"]
+    assert wfc.warm_start_tasks(cfg) == ["hh", "countdown", "math"]
     # math alone, with the shared settings: the arguments (and so the model) of the one warm start before tasks had their own
     assert wfc.warm_start_args(cfg, "math", 2) == [
         "--model", "models/tiny/policy", "--data", "data/math/train.parquet", "--out", "models/tiny/warm/math",
@@ -133,7 +131,7 @@ def test_each_task_with_demonstrations_gets_its_own_warm_start():
         "--threads", "2"]
     assert wfc.warm_start_settings(cfg, "countdown")["steps"] == 7 and wfc.warm_start_settings(cfg, "countdown")["lr"] == 0.01
     policies = {t: wfc.policy_path(cfg, wfc.Run(t, "tiny", "ppo", 0)) for t in cfg["tasks"]}
-    assert policies == {"hh": "models/tiny/policy", "countdown": "models/tiny/warm/countdown", "math": "models/tiny/warm/math"}
+    assert policies == {"hh": "models/tiny/warm/hh", "countdown": "models/tiny/warm/countdown", "math": "models/tiny/warm/math"}
     assert wfc.is_made_path(policies["math"])
     assert wfc.resolve({"grid": "paper"})["warm_start"] is None
     assert wfc.warm_start_tasks(wfc.resolve({"models": {"tiny": {"policy": "models/tiny/policy"}}})) == []
@@ -260,3 +258,15 @@ def test_wrong_config_cli_values_are_one_line(entries, message):
     with pytest.raises(wfc.ConfigError) as e:
         wfc.resolve(_cli(*entries))
     assert str(e.value) == message
+
+
+def test_a_task_without_demonstrations_starts_from_the_base(monkeypatch):
+    import dataclasses
+
+    cfg = wfc.resolve({})
+    monkeypatch.setattr(wfc, "TASKS", {**wfc.TASKS, "hh": dataclasses.replace(wfc.TASKS["hh"], demonstrations=False)})
+    with pytest.raises(wfc.ConfigError, match=r"^config: warm_start.tasks.hh: task hh has no demonstrations to "
+                                              r"warm-start from; tasks with them: math, countdown$"):
+        wfc.resolve({})
+    assert wfc.warm_start_tasks(cfg) == ["math", "countdown"]
+    assert wfc.policy_path(cfg, wfc.Run("hh", "tiny", "ppo", 0)) == "models/tiny/policy"

@@ -114,7 +114,7 @@ def test_pipeline_runs_reruns_nothing_and_only_what_a_change_touches(standin_wor
     names = [c["name"] for c in _calls(work)]
     assert names.count("train") == 4 and names.count("evaluate") == 4
     assert names.count("reward_model.train") == 1 and names.count("reward_model.serve") == 4  # 2 HH trains + 2 evals
-    for task, rows in (("countdown", 2000), ("hh", 30)):  # the real `evaluation.tasks prepare`
+    for task, rows in (("countdown", 2000), ("hh", 24)):  # the real `evaluation.tasks prepare`
         assert parquet_metadata(work / "data" / task / "train.parquet", "data").num_rows == rows
     for run in ("countdown/tiny/ppo/seed0", "countdown/tiny/tre_k/seed0", "hh/tiny/ppo/seed0", "hh/tiny/tre_k/seed0"):
         summary = json.loads((work / "runs" / run / "summary.json").read_text())
