@@ -13,7 +13,7 @@ policy then often ignores the requested answer format, as instruct models do, an
 a consistent signal that PPO on a tiny policy can learn within tens of steps (the arithmetic itself it cannot
 improve that fast; see README, "The CPU miniature").
 
-    python -m miniature.warm_start --model models/tiny/policy --data data/math/train.parquet --out models/tiny/warm
+    python -m miniature.warm_start --model models/tiny/policy --data data/math/train.parquet --out models/tiny/warm/math
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def countdown_data(tmp_path_factory) -> Path:
-    """data/countdown-style train/test parquet made by `evaluation.tasks prepare` from the offline fixture."""
-    from evaluation.tasks import FIXTURES_DIR
-
+    """The miniature's Countdown (three numbers 1..9, + and *: its prompts fit the tiny profile's 144-token budget),
+    48 train and 4 test rows made by `evaluation.tasks prepare`."""
     out = tmp_path_factory.mktemp("data") / "countdown"
-    subprocess.run([PYTHON, "-m", "evaluation.tasks", "prepare", "countdown", "--source", str(FIXTURES_DIR / "countdown.jsonl"),
-                    "--train-size", "48", "--test-size", "4", "--out", str(out)], check=True, capture_output=True, cwd=REPO)
+    subprocess.run([PYTHON, "-m", "evaluation.tasks", "prepare", "countdown", "--generate", "--numbers", "3",
+                    "--max-number", "9", "--max-target", "50", "--ops", "+*", "--train-size", "48", "--test-size", "4",
+                    "--seed", "0", "--out", str(out)], check=True, capture_output=True, cwd=REPO)
     return out

@@ -64,9 +64,9 @@ def test_profiles_select_grid_and_cluster_and_the_command_line_adds_to_them(tmp_
     bare = _dry(["all"])  # no --cores: the workflow profile profiles/default gives them
     assert bare.returncode == 0, bare.stderr
     assert "Using workflow specific profile profiles/default" in bare.stderr
-    assert _banner(bare).startswith("TRE workflow: grid tiny (profile tiny), 18 runs")
+    assert _banner(bare).startswith("TRE workflow: grid tiny (profile tiny), 54 runs")
     tiny = _dry(["--profile", "slurm", "all", "--config", "grid=tiny"])
-    assert _banner(tiny) == "TRE workflow: grid tiny (profile tiny), 18 runs, heavy steps through the launcher on slurm"
+    assert _banner(tiny) == "TRE workflow: grid tiny (profile tiny), 54 runs, heavy steps through the launcher on slurm"
     # a --config or a --configfile on the command line replaces the profile's own list of either kind
     site = _dry(["--profile", "slurm", "all", "--config", "launcher={partition: gpu}"])
     assert _banner(site) == "TRE workflow: grid paper (profile paper), 108 runs, heavy steps through the launcher on slurm"
@@ -83,7 +83,7 @@ def test_config_on_the_command_line_as_the_readme_writes_it():
     assert not {"train", "collect", "evaluate"} & {rule for rule, _ in _jobs(fig.stdout)}
     seeds = _dry(["all", "--config", "seeds=[0,1]", "eval={n: 4}"])
     assert seeds.returncode == 0, seeds.stderr
-    assert _banner(seeds).startswith("TRE workflow: grid tiny (profile tiny), 12 runs")
+    assert _banner(seeds).startswith("TRE workflow: grid tiny (profile tiny), 36 runs")
 
 
 def test_bad_config_stops_with_one_line():
