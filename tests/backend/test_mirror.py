@@ -1,0 +1,87 @@
+"""tre.backend.mirror: one offline wandb run per run directory, rewound on resume, equal to metrics.jsonl step for
+step (read back with wandb's own reader); names from the grid; the API key checked up front and never written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tre.backend import mirror, rundir
+
+from .conftest import wandb_view
+
+REPO = Path(__file__).resolve().parents[2]
+NAMES = mirror.identity("countdown", "tiny", "ppo", 1, "0123456789abcdef0123-dirty", project="tre-test")
+SECRET = "sekrit-key-0123456789abcdef0123456789abcdef"
+
+
+def _log(run_dir: Path, steps) -> None:
+    sink = rundir.MetricsLog(run_dir / rundir.METRICS)
+    for s in steps:
+        sink.log({"actor/pg_loss": s / 10, "val-core/countdown/reward/mean@1": s * 0.25, "bad": float("nan")}, s)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)  # offline never needs it; it must still not be written anywhere
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def test_identity_from_the_grid():
+    assert NAMES == {"project": "tre-test", "entity": None, "group": "countdown_tiny_ppo", "name": "countdown_tiny_ppo_seed1",
+                     "tags": ["countdown", "tiny", "ppo", "seed1", "git:0123456789ab-dirty"]}
+    assert mirror.identity("hh", "7b", "tre_p", 0, None, group="sweep")["group"] == "sweep/hh_7b_tre_p"
+
+
+def test_online_without_a_key_is_one_clear_error():
+    assert mirror.credentials_error("online", {}).startswith("wandb mode online needs WANDB_API_KEY")
+    assert mirror.credentials_error("online", {"WANDB_API_KEY": "x"}) is None
+    assert mirror.credentials_error("offline", {}) is None and mirror.credentials_error("disabled", {}) is None
+
+
+def test_killed_leg_is_rewound_to_the_checkpoint(tmp_path, offline):
+    """Leg 1 mirrors steps 0-5 and is preempted; the backend truncates metrics.jsonl to checkpoint 2 and leg 2 logs 3-6
+    anew (other values): wandb shows one run whose history is metrics.jsonl, step for step, in order."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _log(run_dir, range(0, 2))
+    leg = mirror.Mirror.start(run_dir, "offline", NAMES, 0, {"task": "countdown"})
+    _log(run_dir, range(2, 6))
+    leg.close("interrupted")
+    first_id = rundir.read_wandb_run(run_dir)["id"]
+    rundir.truncate_metrics(run_dir / rundir.METRICS, 2)
+    leg = mirror.Mirror.start(run_dir, "offline", NAMES, 2)
+    sink = rundir.MetricsLog(run_dir / rundir.METRICS)
+    for s in range(3, 7):
+        sink.log({"actor/pg_loss": -s / 10, "val-core/countdown/reward/mean@1": 1.0}, s)
+    leg.close("completed", {"final_val_score": 1.0, "best_step": 3})
+    ids, history, summary = wandb_view(run_dir)
+    assert ids == {first_id} and rundir.read_wandb_run(run_dir) == {"id": first_id, **NAMES}
+    want = [{k: v for k, v in row.items() if v is not None} for row in rundir.read_metrics(run_dir / rundir.METRICS)]
+    assert [r["step"] for r in want] == [0, 1, 2, 3, 4, 5, 6] and want[4]["actor/pg_loss"] == -0.4
+    assert history == want
+    assert summary["final_val_score"] == 1.0 and summary["best_step"] == 3
+    assert not [p for p in run_dir.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+
+
+def test_a_fresh_restart_gets_a_new_run(tmp_path, offline):
+    """A leg killed before its first checkpoint cannot be rewound past its step 0: the restart starts a new wandb run."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    mirror.Mirror.start(run_dir, "offline", NAMES, 0).close("interrupted")
+    first = rundir.read_wandb_run(run_dir)["id"]
+    mirror.Mirror.start(run_dir, "offline", NAMES, 0).close("completed")
+    assert rundir.read_wandb_run(run_dir)["id"] != first
+
+
+def test_disabled_imports_nothing_of_wandb():
+    code = ("import sys, tre.backend.launch, tre.backend.__main__, evaluation.__main__, workflow.config as w; "
+            "w.resolve({}); print(sorted(m for m in sys.modules if m.split('.')[0] == 'wandb'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,144 @@
+"""The wandb mirror of a run directory: one wandb run per run directory, across every launch, fed from metrics.jsonl.
+
+metrics.jsonl stays the source of truth and wandb mirrors it. verl's own wandb logger is not used: it starts a new
+wandb run at every launch, so a run requeued three times became four wandb runs with overlapping steps. Instead the
+driver of `python -m tre.backend train` follows metrics.jsonl (rundir.MetricsTail) and logs each new row at its step.
+The run's wandb id lives in the run directory (rundir.WANDB_RUN). A launch that resumes from checkpoint step k rewinds
+that wandb run to k (wandb's `resume_from="<id>?_step=k"`), just as the backend truncates metrics.jsonl to k: the
+steps a killed launch logged past its checkpoint are dropped, and the resumed launch logs them again, in order.
+`python -m evaluation evaluate --wandb MODE` adds the evaluation scores to the same run as summary values.
+
+Importing this module does not import wandb; with the mirror disabled nothing of wandb is imported or written.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from tre.backend import rundir
+
+MODES = ("disabled", "offline", "online")
+API_KEY_ENV = "WANDB_API_KEY"
+DEFAULT_PROJECT = "tre"
+POLL_S = 2.0  # how often the driver looks for new metrics.jsonl rows (a PPO step takes far longer)
+EVAL_PREFIX = "eval/"
+
+
+def credentials_error(mode: str, env: Mapping[str, str] = os.environ) -> Optional[str]:
+    """What is missing for `mode` (online needs WANDB_API_KEY), or None; the message never holds a key."""
+    if mode == "online" and not env.get(API_KEY_ENV):
+        return (f"wandb mode online needs {API_KEY_ENV} in the environment of every job (export it before running; "
+                "or use mode offline and `wandb sync` the run directories' wandb/ folders later)")
+    return None
+
+
+def identity(task: str, size: str, method: str, seed: int, commit: Optional[str], *, project: str = DEFAULT_PROJECT,
+             entity: Optional[str] = None, group: Optional[str] = None) -> dict[str, Any]:
+    """A run's wandb names from its grid cell: the seeds of a cell share one group (under `group` when given)."""
+    cell = f"{task}_{size}_{method}"
+    tags = [task, size, method, f"seed{seed}"] + ([f"git:{commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}"] if commit else [])
+    return {"project": project, "entity": entity, "group": f"{group}/{cell}" if group else cell,
+            "name": f"{cell}_seed{seed}", "tags": tags}
+
+
+def new_id() -> str:
+    """A fresh wandb run id (wandb accepts lowercase letters and digits)."""
+    return uuid.uuid4().hex[:12]
+
+
+def _settings():
+    import wandb
+
+    # no console capture, system sampling or code/requirements upload: the mirror carries metrics.jsonl, nothing else
+    return wandb.Settings(console="off", x_disable_stats=True, save_code=False, disable_git=True, silent=True,
+                          x_save_requirements=False)
+
+
+def _init(run_dir: Path, mode: str, record: Mapping[str, Any], **kwargs):
+    """wandb.init of the run dir's wandb run (its files under <run_dir>/wandb/)."""
+    import wandb
+
+    return wandb.init(project=record["project"], entity=record.get("entity"), group=record["group"],
+                      name=record["name"], tags=list(record["tags"]), dir=str(run_dir), mode=mode,
+                      settings=_settings(), **kwargs)
+
+
+def _row_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A metrics.jsonl row as wandb values: without its step, and without the non-finite values stored as null."""
+    return {k: v for k, v in row.items() if k != "step" and v is not None}
+
+
+class Mirror:
+    """One launch's mirror of metrics.jsonl into the run directory's wandb run (see the module docstring)."""
+
+    def __init__(self, run_dir: str | os.PathLike, mode: str, record: Mapping[str, Any], run, tail: rundir.MetricsTail) -> None:
+        self.run_dir, self.mode, self.record, self.run, self.tail = Path(run_dir), mode, dict(record), run, tail
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._follow, name="tre-wandb-mirror", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def start(cls, run_dir: str | os.PathLike, mode: str, names: Mapping[str, Any], start_step: int,
+              config: Optional[Mapping[str, Any]] = None) -> "Mirror":
+        """Open the run dir's wandb run for a launch resuming from `start_step` (0: fresh), after metrics.jsonl was
+        truncated to it. A fresh launch gets a new id (a killed leg without a checkpoint keeps its own wandb run: its
+        step 0 cannot be rewound away); a resumed one continues the stored id, rewound to `start_step`."""
+        run_dir = Path(run_dir)
+        record = rundir.read_wandb_run(run_dir)
+        if record is None or not start_step:
+            record = {"id": new_id(), **names}
+            rundir.write_wandb_run(run_dir, record)
+            how: dict[str, Any] = {"id": record["id"], "resume": "allow"}
+        else:
+            how = {"resume_from": f"{record['id']}?_step={int(start_step)}"}
+        run = _init(run_dir, mode, record, config=dict(config or {}), **how)
+        tail = rundir.MetricsTail(run_dir / rundir.METRICS)
+        if start_step:
+            tail.read()  # the rows up to start_step: an earlier launch mirrored them, and the rewind kept them
+        return cls(run_dir, mode, record, run, tail)
+
+    def _follow(self) -> None:
+        while not self._stop.wait(POLL_S):
+            self.flush()
+
+    def flush(self) -> int:
+        """Log the metrics.jsonl rows written since the last flush; how many."""
+        with self._lock:
+            rows, _ = self.tail.read()
+            for row in rows:
+                self.run.log(_row_values(row), step=int(row["step"]))
+            return len(rows)
+
+    def close(self, status: str, summary: Optional[Mapping[str, Any]] = None) -> None:
+        """Mirror the last rows, then finish this launch's wandb run: completed (with summary.json's scores as summary
+        values), or preempted/failed (a later launch continues it)."""
+        self._stop.set()
+        self._thread.join()
+        self.flush()
+        if summary:
+            self.run.summary.update({k: v for k, v in summary.items() if v is not None})
+        if status == "completed":
+            self.run.finish(exit_code=0)
+            return
+        if status == "interrupted":
+            self.run.mark_preempting()
+        self.run.finish(exit_code=1)
+
+
+def log_eval(run_dir: str | os.PathLike, mode: str, names: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
+    """Add evaluation scores to the run dir's wandb run as summary values ("eval/<name>"); returns its id. A run
+    trained without the mirror gets its wandb run here."""
+    run_dir = Path(run_dir)
+    record = rundir.read_wandb_run(run_dir)
+    if record is None:
+        record = {"id": new_id(), **names}
+        rundir.write_wandb_run(run_dir, record)
+    run = _init(run_dir, mode, record, id=record["id"], resume="allow")
+    run.summary.update({f"{EVAL_PREFIX}{k}": v for k, v in scores.items() if v is not None})
+    run.finish(exit_code=0)
+    return record["id"]
