@@ -85,3 +85,23 @@ def test_disabled_imports_nothing_of_wandb():
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_backend_online_without_a_key_stops_before_ray(tmp_path, monkeypatch, capsys):
+    from tre.backend.__main__ import main
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    rc = main(["train", "--task", "countdown", "--size", "tiny", "--method", "ppo", "--model-path", str(tmp_path),
+               "--run-dir", str(tmp_path / "run"), "--wandb", "online"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: wandb: wandb mode online needs WANDB_API_KEY") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_online_without_a_key_stops_before_sampling(tmp_path, monkeypatch, capsys):
+    from evaluation.__main__ import main
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(tmp_path), "--wandb", "online"])
+    assert e.value.code == 2 and "error: --wandb: wandb mode online needs WANDB_API_KEY" in capsys.readouterr().err

@@ -73,9 +73,6 @@ def preflight(resolved: dict[str, Any], spec: RunSpec) -> None:
     reward = resolved["custom_reward_function"]["path"]
     if reward and not os.path.exists(reward):
         raise SpecError(f"custom_reward_function.path: {reward} does not exist (evaluation.tasks is missing the task's scorer)")
-    missing = mirror.credentials_error(spec.wandb)
-    if missing:
-        raise SpecError(f"wandb: {missing}")
     actor = resolved["actor_rollout_ref"]["actor"]
     needs_logits = actor.get("tre_entropy") in ("tre_k", "tre_p") or actor["policy_loss"]["loss_mode"] == FORKING_TOKENS_LOSS
     if needs_logits and resolved["actor_rollout_ref"]["model"].get("use_fused_kernels"):
@@ -108,6 +105,9 @@ def worker_env(run_dir: str, spec: RunSpec) -> dict[str, str]:
 def prepare(spec: RunSpec) -> tuple[list[str], Any, dict[str, Any], str]:
     """Overrides, composed config, resolved dict and absolute run dir of `spec`; all user errors raised here."""
     validate(spec)
+    missing = mirror.credentials_error(spec.wandb)
+    if missing:  # here, before Ray: never a wandb.init failing inside a worker
+        raise SpecError(f"wandb: {missing}")
     items = overrides(spec)
     config = compose(items)
     resolved = resolve(config)
