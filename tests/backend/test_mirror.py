@@ -105,3 +105,19 @@ def test_evaluate_online_without_a_key_stops_before_sampling(tmp_path, monkeypat
     with pytest.raises(SystemExit) as e:
         main(["evaluate", str(tmp_path), "--wandb", "online"])
     assert e.value.code == 2 and "error: --wandb: wandb mode online needs WANDB_API_KEY" in capsys.readouterr().err
+
+
+def test_a_failing_mirror_never_fails_the_run(tmp_path, offline, capsys):
+    class Broken:
+        def log(self, *a, **k):
+            raise RuntimeError("network down\nmore")
+
+        def finish(self, exit_code):
+            self.exit_code = exit_code
+
+    run_dir = tmp_path / "run"
+    _log(run_dir, range(2))
+    leg = mirror.Mirror(run_dir, "offline", NAMES, Broken(), rundir.MetricsTail(run_dir / rundir.METRICS))
+    leg.close("completed")
+    assert leg.run.exit_code == 1
+    assert capsys.readouterr().err == "warning: wandb mirror stopped (network down); metrics.jsonl is complete\n"

@@ -14,6 +14,7 @@ Importing this module does not import wandb; with the mirror disabled nothing of
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -79,6 +80,7 @@ class Mirror:
         self.run_dir, self.mode, self.record, self.run, self.tail = Path(run_dir), mode, dict(record), run, tail
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self.error: Optional[Exception] = None  # what stopped the mirror, if anything
         self._thread = threading.Thread(target=self._follow, name="tre-wandb-mirror", daemon=True)
         self._thread.start()
 
@@ -104,7 +106,11 @@ class Mirror:
 
     def _follow(self) -> None:
         while not self._stop.wait(POLL_S):
-            self.flush()
+            try:
+                self.flush()
+            except Exception as exc:  # a mirror failure never stops training: metrics.jsonl has every row
+                self.error = exc
+                return
 
     def flush(self) -> int:
         """Log the metrics.jsonl rows written since the last flush; how many."""
@@ -119,15 +125,22 @@ class Mirror:
         values), or preempted/failed (a later launch continues it)."""
         self._stop.set()
         self._thread.join()
-        self.flush()
-        if summary:
-            self.run.summary.update({k: v for k, v in summary.items() if v is not None})
-        if status == "completed":
-            self.run.finish(exit_code=0)
-            return
-        if status == "interrupted":
-            self.run.mark_preempting()
-        self.run.finish(exit_code=1)
+        try:  # the run itself is done and recorded: a failure here leaves only its mirror incomplete
+            if self.error is None:
+                self.flush()
+                if summary:
+                    self.run.summary.update({k: v for k, v in summary.items() if v is not None})
+                if status == "interrupted":
+                    self.run.mark_preempting()
+        except Exception as exc:
+            self.error = exc
+        try:
+            self.run.finish(exit_code=0 if status == "completed" and self.error is None else 1)
+        except Exception as exc:
+            self.error = self.error or exc
+        if self.error is not None:
+            first = str(self.error).strip().splitlines()[0] if str(self.error).strip() else type(self.error).__name__
+            print(f"warning: wandb mirror stopped ({first}); {rundir.METRICS} is complete", file=sys.stderr)
 
 
 def log_eval(run_dir: str | os.PathLike, mode: str, names: Mapping[str, Any], scores: Mapping[str, Any]) -> str:
