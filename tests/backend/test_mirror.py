@@ -12,7 +12,7 @@ import pytest
 
 from tre.backend import mirror, rundir
 
-from .conftest import wandb_view
+from .conftest import wandb_records, wandb_view
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = mirror.identity("countdown", "tiny", "ppo", 1, "0123456789abcdef0123-dirty", project="tre-test")
@@ -60,7 +60,7 @@ def test_killed_leg_is_rewound_to_the_checkpoint(tmp_path, offline):
         sink.log({"actor/pg_loss": -s / 10, "val-core/countdown/reward/mean@1": 1.0}, s)
     leg.close("completed", {"final_val_score": 1.0, "best_step": 3})
     ids, history, summary = wandb_view(run_dir)
-    assert ids == {first_id} and rundir.read_wandb_run(run_dir) == {"id": first_id, **NAMES}
+    assert ids == {first_id} and rundir.read_wandb_run(run_dir) == {"id": first_id, **NAMES, "mirrored_step": 6}
     want = [{k: v for k, v in row.items() if v is not None} for row in rundir.read_metrics(run_dir / rundir.METRICS)]
     assert [r["step"] for r in want] == [0, 1, 2, 3, 4, 5, 6] and want[4]["actor/pg_loss"] == -0.4
     assert history == want
@@ -116,8 +116,25 @@ def test_a_failing_mirror_never_fails_the_run(tmp_path, offline, capsys):
             self.exit_code = exit_code
 
     run_dir = tmp_path / "run"
-    _log(run_dir, range(2))
     leg = mirror.Mirror(run_dir, "offline", NAMES, Broken(), rundir.MetricsTail(run_dir / rundir.METRICS))
+    _log(run_dir, range(2))
     leg.close("completed")
     assert leg.run.exit_code == 1
     assert capsys.readouterr().err == "warning: wandb mirror stopped (network down); metrics.jsonl is complete\n"
+
+
+def test_rows_a_killed_driver_never_mirrored_are_logged_by_the_next_leg(tmp_path, offline):
+    """SIGKILLed before its last poll, leg 1 mirrored steps 0-1 of 0-3 (checkpoint 2): leg 2 rewinds to 1, not 2."""
+    run_dir = tmp_path / "run"
+    _log(run_dir, range(0, 2))
+    mirror.Mirror.start(run_dir, "offline", NAMES, 0).close("interrupted")
+    _log(run_dir, range(2, 4))  # written by the trainer, never polled
+    rundir.truncate_metrics(run_dir / rundir.METRICS, 2)
+    leg = mirror.Mirror.start(run_dir, "offline", NAMES, 2)
+    _log(run_dir, range(3, 5))
+    leg.close("completed")
+    ids, history, _ = wandb_view(run_dir)
+    assert len(ids) == 1 and [r["step"] for r in history] == [0, 1, 2, 3, 4]
+    assert history == [{k: v for k, v in row.items() if v is not None} for row in rundir.read_metrics(run_dir / rundir.METRICS)]
+    leg2 = wandb_records(run_dir)[1]
+    assert next(r["run"]["branch_point"]["value"] for r in leg2 if r.get("type") == "run") == 1

@@ -288,7 +288,7 @@ def test_wandb_mirror_is_one_run_equal_to_metrics_across_a_preemption(wandb_run)
     record = rundir.read_wandb_run(run_dir)
     assert record == {"id": r["wandb_after_term"]["id"], "project": "tre", "entity": None,
                       "group": "mirror-test/countdown_tiny_ppo", "name": "countdown_tiny_ppo_seed0",
-                      "tags": ["countdown", "tiny", "ppo", "seed0", record["tags"][-1]]}
+                      "tags": ["countdown", "tiny", "ppo", "seed0", record["tags"][-1]], "mirrored_step": 4}
     assert record["tags"][-1].startswith("git:")
     ids, history, summary = wandb_view(run_dir)
     assert ids == {record["id"]}  # every launch (two trainings, one evaluation) is the one wandb run

@@ -4,8 +4,10 @@ metrics.jsonl stays the source of truth and wandb mirrors it. verl's own wandb l
 wandb run at every launch, so a run requeued three times became four wandb runs with overlapping steps. Instead the
 driver of `python -m tre.backend train` follows metrics.jsonl (rundir.MetricsTail) and logs each new row at its step.
 The run's wandb id lives in the run directory (rundir.WANDB_RUN). A launch that resumes from checkpoint step k rewinds
-that wandb run to k (wandb's `resume_from="<id>?_step=k"`), just as the backend truncates metrics.jsonl to k: the
-steps a killed launch logged past its checkpoint are dropped, and the resumed launch logs them again, in order.
+that wandb run to k (wandb's `resume_from="<id>?_step=k"`; to the last step it holds, if a killed driver mirrored
+less), just as the backend truncates metrics.jsonl to k: the steps a killed launch logged past its checkpoint are
+dropped, and the resumed launch logs them again, in order. (The other choice, skipping steps until they pass the last
+one logged, would keep the killed launch's values of those steps, which metrics.jsonl no longer has.)
 `python -m evaluation evaluate --wandb MODE` adds the evaluation scores to the same run as summary values.
 
 Importing this module does not import wandb; with the mirror disabled nothing of wandb is imported or written.
@@ -76,11 +78,14 @@ def _row_values(row: Mapping[str, Any]) -> dict[str, Any]:
 class Mirror:
     """One launch's mirror of metrics.jsonl into the run directory's wandb run (see the module docstring)."""
 
-    def __init__(self, run_dir: str | os.PathLike, mode: str, record: Mapping[str, Any], run, tail: rundir.MetricsTail) -> None:
+    def __init__(self, run_dir: str | os.PathLike, mode: str, record: Mapping[str, Any], run, tail: rundir.MetricsTail,
+                 done_step: int = -1) -> None:
         self.run_dir, self.mode, self.record, self.run, self.tail = Path(run_dir), mode, dict(record), run, tail
+        self.done_step = done_step  # the last step the wandb run holds; rows up to it are not logged again
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.error: Optional[Exception] = None  # what stopped the mirror, if anything
+        self.flush()  # the rows of metrics.jsonl past what the wandb run holds (all of them for a new wandb run)
         self._thread = threading.Thread(target=self._follow, name="tre-wandb-mirror", daemon=True)
         self._thread.start()
 
@@ -88,21 +93,22 @@ class Mirror:
     def start(cls, run_dir: str | os.PathLike, mode: str, names: Mapping[str, Any], start_step: int,
               config: Optional[Mapping[str, Any]] = None) -> "Mirror":
         """Open the run dir's wandb run for a launch resuming from `start_step` (0: fresh), after metrics.jsonl was
-        truncated to it. A fresh launch gets a new id (a killed leg without a checkpoint keeps its own wandb run: its
-        step 0 cannot be rewound away); a resumed one continues the stored id, rewound to `start_step`."""
+        truncated to it, and mirror what the wandb run lacks.
+
+        The stored run is rewound to the last step both hold: `start_step`, or an earlier step when the killed launch
+        mirrored less (wandb.json's mirrored_step; a SIGKILL can come before the driver's last poll). A launch with
+        nothing to rewind to (fresh, or no step ever mirrored) gets a new wandb run: wandb cannot rewind past step 0."""
         run_dir = Path(run_dir)
         record = rundir.read_wandb_run(run_dir)
-        if record is None or not start_step:
+        point = min(int(start_step), int(record.get("mirrored_step", -1))) if record and start_step else -1
+        if point < 0:
             record = {"id": new_id(), **names}
             rundir.write_wandb_run(run_dir, record)
             how: dict[str, Any] = {"id": record["id"], "resume": "allow"}
         else:
-            how = {"resume_from": f"{record['id']}?_step={int(start_step)}"}
+            how = {"resume_from": f"{record['id']}?_step={point}"}
         run = _init(run_dir, mode, record, config=dict(config or {}), **how)
-        tail = rundir.MetricsTail(run_dir / rundir.METRICS)
-        if start_step:
-            tail.read()  # the rows up to start_step: an earlier launch mirrored them, and the rewind kept them
-        return cls(run_dir, mode, record, run, tail)
+        return cls(run_dir, mode, record, run, rundir.MetricsTail(run_dir / rundir.METRICS), done_step=point)
 
     def _follow(self) -> None:
         while not self._stop.wait(POLL_S):
@@ -113,11 +119,16 @@ class Mirror:
                 return
 
     def flush(self) -> int:
-        """Log the metrics.jsonl rows written since the last flush; how many."""
+        """Log the metrics.jsonl rows written since the last flush (past done_step), and record the last in wandb.json;
+        how many."""
         with self._lock:
-            rows, _ = self.tail.read()
+            rows = [row for row in self.tail.read()[0] if int(row["step"]) > self.done_step]
             for row in rows:
                 self.run.log(_row_values(row), step=int(row["step"]))
+                self.done_step = int(row["step"])
+            if rows:
+                self.record["mirrored_step"] = self.done_step
+                rundir.write_wandb_run(self.run_dir, self.record)
             return len(rows)
 
     def close(self, status: str, summary: Optional[Mapping[str, Any]] = None) -> None:

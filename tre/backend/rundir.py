@@ -248,7 +248,8 @@ def _iso(t: float) -> str:
 
 
 def read_wandb_run(run_dir: str | os.PathLike) -> Optional[dict[str, Any]]:
-    """wandb.json: the run's wandb identity (id, project, entity, group, name, tags), or None before its first mirror."""
+    """wandb.json: the run's wandb identity (id, project, entity, group, name, tags) and the last step mirrored into it
+    (mirrored_step), or None before its first mirror."""
     path = Path(run_dir) / WANDB_RUN
     return read_json_object(path, str(path)) if path.is_file() else None
 
