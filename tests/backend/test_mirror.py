@@ -138,3 +138,38 @@ def test_rows_a_killed_driver_never_mirrored_are_logged_by_the_next_leg(tmp_path
     assert history == [{k: v for k, v in row.items() if v is not None} for row in rundir.read_metrics(run_dir / rundir.METRICS)]
     leg2 = wandb_records(run_dir)[1]
     assert next(r["run"]["branch_point"]["value"] for r in leg2 if r.get("type") == "run") == 1
+
+
+KILLED_LEG = """
+import os, signal, sys, time
+from pathlib import Path
+from tre.backend import mirror, rundir
+run_dir = Path(sys.argv[1])
+names = mirror.identity("countdown", "tiny", "ppo", 1, None)
+sink = rundir.MetricsLog(run_dir / rundir.METRICS)
+leg = mirror.Mirror.start(run_dir, "offline", names, 0)
+for s in range(2):
+    sink.log({"x": float(s)}, s)
+time.sleep(mirror.SAFE_S + 2 * mirror.POLL_S)  # steps 0-1 are held by the wandb run (on disk)
+for s in range(2, 4):
+    sink.log({"x": float(s)}, s)
+time.sleep(mirror.POLL_S + 0.5)  # logged, maybe not yet on disk
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_sigkilled_leg_is_rewound_to_what_wandb_holds(tmp_path, offline):
+    """SIGKILLed right after logging steps 2-3, whose records wandb may not have written yet: the next leg, resuming
+    from checkpoint 2, rewinds to step 1 (the last step known to be held) and logs step 2 again from metrics.jsonl."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    killed = subprocess.run([sys.executable, "-c", KILLED_LEG, str(run_dir)], cwd=REPO, timeout=120, capture_output=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})  # with this process's WANDB_SERVICE
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert rundir.read_wandb_run(run_dir)["mirrored_step"] == 1
+    rundir.truncate_metrics(run_dir / rundir.METRICS, 2)
+    leg = mirror.Mirror.start(run_dir, "offline", NAMES, 2)
+    rundir.MetricsLog(run_dir / rundir.METRICS).log({"x": 30.0}, 3)
+    leg.close("completed")
+    ids, history, _ = wandb_view(run_dir)
+    assert len(ids) == 1 and history == [{"step": s, "x": x} for s, x in ((0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0))]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -26,8 +27,13 @@ from tre.backend import rundir
 
 MODES = ("disabled", "offline", "online")
 API_KEY_ENV = "WANDB_API_KEY"
+SERVICE_ENV = "WANDB_SERVICE"
 DEFAULT_PROJECT = "tre"
 POLL_S = 2.0  # how often the driver looks for new metrics.jsonl rows (a PPO step takes far longer)
+# wandb writes its records to disk this often (its default, 15 s, lost the last 15 s of a SIGKILLed launch); a row
+# counts as held by the wandb run (wandb.json's mirrored_step) once it was logged longer ago than SAFE_S
+FLUSH_S = 1.0
+SAFE_S = FLUSH_S + POLL_S + 2.0
 EVAL_PREFIX = "eval/"
 
 
@@ -58,11 +64,15 @@ def _settings():
 
     # no console capture, system sampling or code/requirements upload: the mirror carries metrics.jsonl, nothing else
     return wandb.Settings(console="off", x_disable_stats=True, save_code=False, disable_git=True, silent=True,
-                          x_save_requirements=False)
+                          x_save_requirements=False, x_transaction_log_flush_interval=FLUSH_S)
 
 
 def _init(run_dir: Path, mode: str, record: Mapping[str, Any], **kwargs):
     """wandb.init of the run dir's wandb run (its files under <run_dir>/wandb/)."""
+    if "wandb" not in sys.modules:
+        # wandb shares its service with child processes through WANDB_SERVICE; one inherited from the process that
+        # started this one would outlive a SIGKILL of this launch and refuse the requeued launch ("run ID is in use")
+        os.environ.pop(SERVICE_ENV, None)
     import wandb
 
     return wandb.init(project=record["project"], entity=record.get("entity"), group=record["group"],
@@ -81,7 +91,8 @@ class Mirror:
     def __init__(self, run_dir: str | os.PathLike, mode: str, record: Mapping[str, Any], run, tail: rundir.MetricsTail,
                  done_step: int = -1) -> None:
         self.run_dir, self.mode, self.record, self.run, self.tail = Path(run_dir), mode, dict(record), run, tail
-        self.done_step = done_step  # the last step the wandb run holds; rows up to it are not logged again
+        self.done_step = done_step  # the last step logged to the wandb run; rows up to it are not logged again
+        self._logged: list[tuple[float, int]] = []  # (when, step) of logged rows not yet counted as held
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.error: Optional[Exception] = None  # what stopped the mirror, if anything
@@ -126,10 +137,17 @@ class Mirror:
             for row in rows:
                 self.run.log(_row_values(row), step=int(row["step"]))
                 self.done_step = int(row["step"])
-            if rows:
-                self.record["mirrored_step"] = self.done_step
-                rundir.write_wandb_run(self.run_dir, self.record)
+                self._logged.append((time.monotonic(), self.done_step))
+            held = [step for when, step in self._logged if time.monotonic() - when > SAFE_S]
+            if held:
+                self._logged = self._logged[len(held):]
+                self._mark_held(held[-1])
             return len(rows)
+
+    def _mark_held(self, step: int) -> None:
+        """Record in wandb.json that the wandb run holds every step up to `step` (the rewind point of a later launch)."""
+        self.record["mirrored_step"] = step
+        rundir.write_wandb_run(self.run_dir, self.record)
 
     def close(self, status: str, summary: Optional[Mapping[str, Any]] = None) -> None:
         """Mirror the last rows, then finish this launch's wandb run: completed (with summary.json's scores as summary
@@ -147,6 +165,8 @@ class Mirror:
             self.error = exc
         try:
             self.run.finish(exit_code=0 if status == "completed" and self.error is None else 1)
+            if self.error is None and self.done_step >= 0:
+                self._mark_held(self.done_step)  # finish wrote every record
         except Exception as exc:
             self.error = self.error or exc
         if self.error is not None:
