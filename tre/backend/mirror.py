@@ -48,10 +48,10 @@ def credentials_error(mode: str, env: Mapping[str, str] = os.environ) -> Optiona
 def identity(task: str, size: str, method: str, seed: int, commit: Optional[str], *, project: str = DEFAULT_PROJECT,
              entity: Optional[str] = None, group: Optional[str] = None) -> dict[str, Any]:
     """A run's wandb names from its grid cell: the seeds of a cell share one group (under `group` when given)."""
-    cell = f"{task}_{size}_{method}"
+    cell = rundir.cell_name(task, size, method)
     tags = [task, size, method, f"seed{seed}"] + ([f"git:{commit[:12]}{'-dirty' if commit.endswith('-dirty') else ''}"] if commit else [])
     return {"project": project, "entity": entity, "group": f"{group}/{cell}" if group else cell,
-            "name": f"{cell}_seed{seed}", "tags": tags}
+            "name": rundir.run_name(task, size, method, seed), "tags": tags}
 
 
 def new_id() -> str:

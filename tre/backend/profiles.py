@@ -15,7 +15,7 @@ from typing import Mapping, Optional, Sequence
 
 from tre.backend.mirror import DEFAULT_PROJECT
 from tre.backend.mirror import MODES as WANDB_MODES
-from tre.backend.rundir import run_path
+from tre.backend.rundir import run_name, run_path
 from tre.grid import METHODS, PAPER_SIZES, SIZES, TASKS, VALIDATION_TEMPERATURE, VALIDATION_TOP_P, Method, get_method
 
 PROFILES = ("paper", "tiny")
@@ -111,7 +111,7 @@ def default_run_dir(spec: RunSpec) -> str:
 
 def experiment_name(spec: RunSpec) -> str:
     """The experiment name: derived from (task, size, method, seed), never the authors' hand-typed names."""
-    return f"{spec.task}_{spec.size}_{spec.method}_seed{spec.seed}"
+    return run_name(spec.task, spec.size, spec.method, spec.seed)
 
 
 def _hydra_list(items: Sequence[str]) -> str:

@@ -333,6 +333,16 @@ def run_path(task: str, size: str, method: str, seed: int) -> str:
     return f"{task}/{size}/{method}/seed{int(seed)}"
 
 
+def cell_name(task: str, size: str, method: str) -> str:
+    """<task>_<size>_<method>: a grid cell's name (the wandb group of its seeds)."""
+    return f"{task}_{size}_{method}"
+
+
+def run_name(task: str, size: str, method: str, seed: int) -> str:
+    """<task>_<size>_<method>_seed<k>: a run's name (verl's experiment_name, the wandb run's name)."""
+    return f"{cell_name(task, size, method)}_seed{int(seed)}"
+
+
 class RunDir:
     """Reader of one run directory: config.json (with the base model and data files of verl's resolved config),
     checkpoints, metrics and summary.json, the one source of the run's scores (launches: read_launches).
