@@ -124,7 +124,8 @@ def _schema_error(instance: Any, schema: Mapping[str, Any]) -> Optional[tuple[li
 
 
 def validate(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
-    """Check config against the JSON schema and the method registry; raise ConfigError (one line) if it is bad."""
+    """Check config against the JSON schema and the method registry (and that wandb online has its key in the
+    environment); raise ConfigError (one line) if it is bad."""
     bad = _schema_error(config, schema)
     if bad:
         raise ConfigError(f"config: {_path_str(bad[0])}: {bad[1]}")
