@@ -252,7 +252,9 @@ def wandb_run(tiny_model, countdown_data, tmp_path_factory):
     launcher do) once step 3 is in metrics.jsonl, past checkpoint 2; resumed to the end; then its checkpoint evaluated
     with --wandb offline. WANDB_API_KEY is set (offline does not need it) to prove it is written nowhere."""
     run_dir = tmp_path_factory.mktemp("wandb") / "ppo"
-    cmd = [*_cmd("ppo", run_dir, tiny_model, countdown_data, "trainer.total_training_steps=4", "trainer.save_freq=2"),
+    # max_prompt_length: the fixture's Countdown prompts are longer than the miniature's generated ones (TINY_LENGTHS)
+    cmd = [*_cmd("ppo", run_dir, tiny_model, countdown_data, "trainer.total_training_steps=4", "trainer.save_freq=2",
+                 "data.max_prompt_length=256"),
            "--wandb", "offline", "--wandb-group", "mirror-test"]
     mark = uuid.uuid4().hex
     env = {**_env(mark), "WANDB_API_KEY": WANDB_SECRET}
