@@ -37,8 +37,10 @@ SAFE_S = FLUSH_S + POLL_S + 2.0
 EVAL_PREFIX = "eval/"
 
 
-def credentials_error(mode: str, env: Mapping[str, str] = os.environ) -> Optional[str]:
-    """What is missing for `mode` (online needs WANDB_API_KEY), or None; the message never holds a key."""
+def credentials_error(mode: str, env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """What is missing for `mode` (online needs WANDB_API_KEY in `env`, default os.environ), or None; the message never
+    holds a key."""
+    env = os.environ if env is None else env  # looked up at the call: a library may rebind os.environ
     if mode == "online" and not env.get(API_KEY_ENV):
         return (f"wandb mode online needs {API_KEY_ENV} in the environment of every job (export it before running; "
                 "or use mode offline and `wandb sync` the run directories' wandb/ folders later)")
