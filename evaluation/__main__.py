@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Optional
 
 from common.argtypes import Parser, device, int_at_least
+from tre.backend.mirror import DEFAULT_PROJECT
+from tre.backend.mirror import MODES as WANDB_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "made by `bash workflow/setup.sh --lm-eval-math`)")
     e.add_argument("--lm-eval-data", type=Path, default=None, metavar="JSONL",
                    help="minerva_math500 on a local MATH-500 file instead of the hub's (offline clusters)")
+    e.add_argument("--wandb", choices=WANDB_MODES, default="disabled",
+                   help="add the scores to the run's wandb run as summary values (online needs WANDB_API_KEY)")
+    e.add_argument("--wandb-project", default=DEFAULT_PROJECT,
+                   help=f"wandb project of a run trained without the mirror (default {DEFAULT_PROJECT})")
+    e.add_argument("--wandb-entity", default=None, help="wandb entity of a run trained without the mirror")
+    e.add_argument("--wandb-group", default=None, help="prefix of the wandb group of a run trained without the mirror")
     return p
+
+
+def eval_wandb_scores(res: dict) -> dict:
+    """The scores the wandb mirror gets as summary values: the metrics (pass@k, mean@n, RM score), lm-eval's, the step."""
+    scores = {"step": res["step"], "n": res["n"], **res["metrics"]}
+    if res["lm_eval"]:
+        scores.update({f"lm_eval/{k}": v for k, v in res["lm_eval"]["metrics"].items()})
+    return scores
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -46,6 +62,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.wandb != "disabled":
+        from tre.backend.mirror import credentials_error
+
+        if credentials_error(args.wandb):  # before the sampling, not after it
+            parser.error(f"--wandb: {credentials_error(args.wandb)}")
     try:
         res = evaluate(args.run_dir, step=args.step, n=args.n, split=args.split, data=args.data, limit=args.limit,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
@@ -56,10 +77,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     except RuntimeError as e:  # the lm-eval harness failed: one line, the log's path in it
         print(f"error: {e}", file=sys.stderr)
         return 1
-    summary = {"step": res["step"], "n": res["n"], "num_prompts": res["num_prompts"], **res["metrics"]}
-    if res["lm_eval"]:
-        summary.update({f"lm_eval/{k}": v for k, v in res["lm_eval"]["metrics"].items()})
-    print(json.dumps(summary))
+    scores = eval_wandb_scores(res)
+    print(json.dumps({"step": res["step"], "n": res["n"], "num_prompts": res["num_prompts"],
+                      **{k: v for k, v in scores.items() if k not in ("step", "n")}}))
+    if args.wandb != "disabled":
+        from tre.backend.mirror import identity, log_eval
+        from tre.backend.rundir import RunDir
+
+        config = RunDir(args.run_dir).config
+        names = identity(config["task"], config["size"], config["method"], config["seed"], config.get("git_commit"),
+                         project=args.wandb_project, entity=args.wandb_entity, group=args.wandb_group)
+        print(f"wandb: scores added to run {log_eval(args.run_dir, args.wandb, names, scores)}", file=sys.stderr)
     print(f"wrote {Path(args.run_dir) / 'eval' / str(res['step'])}/{{samples.jsonl,scores.json}}", file=sys.stderr)
     return 0
 

@@ -10,6 +10,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import yaml
 
+from tre.backend.mirror import credentials_error
 from tre.backend.rundir import run_path
 from tre.grid import METHODS, SIZES, TASKS, TRE_METHODS
 
@@ -55,6 +56,7 @@ def load_schema(config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
     (figures), the profiles (tre.backend), the grids (GRIDS), the launcher's clusters and the lm-eval tasks."""
     from evaluation.evaluate import LM_EVAL_TASKS
     from figures import ARTEFACTS
+    from tre.backend.mirror import MODES as WANDB_MODES
     from tre.backend.profiles import PROFILES
     from workflow.launcher.cluster import CLUSTERS
 
@@ -71,6 +73,7 @@ def load_schema(config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
     props["methods"]["items"]["enum"] = list(METHODS)
     props["figures"]["items"]["enum"] = list(ARTEFACTS)
     props["launcher"]["properties"]["cluster"]["enum"] = list(CLUSTERS)
+    props["wandb"]["properties"]["mode"]["enum"] = list(WANDB_MODES)
     props["eval"]["properties"]["lm_eval_task"]["enum"] = list(LM_EVAL_TASKS)
     figure1 = props["figure1"]["properties"]
     figure1["task"]["enum"], figure1["size"]["enum"] = list(TASKS), [*SIZES, None]
@@ -121,7 +124,8 @@ def _schema_error(instance: Any, schema: Mapping[str, Any]) -> Optional[tuple[li
 
 
 def validate(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
-    """Check config against the JSON schema and the method registry; raise ConfigError (one line) if it is bad."""
+    """Check config against the JSON schema and the method registry (and that wandb online has its key in the
+    environment); raise ConfigError (one line) if it is bad."""
     bad = _schema_error(config, schema)
     if bad:
         raise ConfigError(f"config: {_path_str(bad[0])}: {bad[1]}")
@@ -165,6 +169,9 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
         if not TASKS[task].demonstrations:
             raise ConfigError(f"config: warm_start.tasks.{task}: task {task} has no demonstrations to warm-start "
                               f"from; tasks with them: {', '.join(t for t, v in TASKS.items() if v.demonstrations)}")
+    wandb_mode = (config.get("wandb") or {}).get("mode", "disabled")
+    if not config.get("archive_only", False) and credentials_error(wandb_mode):  # before any job is submitted
+        raise ConfigError(f"config: wandb.mode: {credentials_error(wandb_mode)}")
     if config["profile"] == "tiny" and any(s != "tiny" for s in config["sizes"]):
         bad = next(s for s in config["sizes"] if s != "tiny")
         raise ConfigError(f"config: sizes: {bad!r} needs profile 'paper' (profile 'tiny' runs size 'tiny' only)")
@@ -426,7 +433,22 @@ def train_args(config: Mapping[str, Any], run: Run) -> list[str]:
     policy = policy_path(config, run)
     if policy:
         args += ["--model-path", policy]
-    return args + train_overrides(config, run)
+    return args + wandb_args(config) + train_overrides(config, run)
+
+
+def wandb_args(config: Mapping[str, Any]) -> list[str]:
+    """The --wandb options of the training and evaluation commands ([] while the mirror is disabled).
+
+    Not part of what a result depends on (method_spec, the evaluate rule's params): turning the mirror on reruns
+    nothing."""
+    spec = config.get("wandb") or {}
+    if spec.get("mode", "disabled") == "disabled":
+        return []
+    args = ["--wandb", spec["mode"]]
+    for key in ("project", "entity", "group"):
+        if spec.get(key) is not None:
+            args += [f"--wandb-{key}", str(spec[key])]
+    return args
 
 
 def eval_args(config: Mapping[str, Any], run: Run) -> list[str]:

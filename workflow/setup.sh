@@ -47,9 +47,9 @@ make_venv() {  # make_venv DIR PIP_ARGS...: the venv, torch, then PIP_ARGS, then
 venv="$root/.venv"
 if [ "$lm_eval_math" = 0 ] && ! fresh "$venv"; then
   make_venv "$venv" -e ".[test]"
-  stage ".venv: import check (torch, verl, trl, lm_eval, math_verify, hydra, this project)"
+  stage ".venv: import check (torch, verl, trl, lm_eval, math_verify, hydra, wandb, this project)"
   PYTHONWARNINGS=ignore "$venv/bin/python" - <<'PY'
-import torch, verl, trl, lm_eval, math_verify, hydra  # noqa: F401  a real import, not only pip's metadata
+import torch, verl, trl, lm_eval, math_verify, hydra, wandb  # noqa: F401  a real import, not only pip's metadata
 from verl.trainer import main_ppo  # noqa: F401
 import tre, baselines  # noqa: F401
 assert hydra.__version__.startswith("1.3"), f"hydra-core {hydra.__version__}: verl needs 1.3 (antlr 4.9.3)"

@@ -29,3 +29,39 @@ def countdown_data(tmp_path_factory) -> Path:
                     "--max-number", "9", "--max-target", "50", "--ops", "+*", "--train-size", "48", "--test-size", "4",
                     "--seed", "0", "--out", str(out)], check=True, capture_output=True, cwd=REPO)
     return out
+
+
+def wandb_records(run_dir: Path) -> list[list[dict]]:
+    """The records of every offline wandb run under <run_dir>/wandb/, one list per launch in start order, read by wandb's
+    own reader (`wandb leet inspect --json`)."""
+    import json
+
+    wandb = Path(PYTHON).with_name("wandb")
+    legs = []
+    for leg in sorted((run_dir / "wandb").glob("offline-run-*")):
+        out = subprocess.run([str(wandb), "leet", "inspect", str(leg), "--json"], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+        legs.append([json.loads(line) for line in out.splitlines() if line.strip()])
+    start = lambda records: next(r["run"]["start_time"] for r in records if r.get("type") == "run")  # noqa: E731
+    return sorted(legs, key=start)
+
+
+def wandb_view(run_dir: Path) -> tuple[set[str], list[dict], dict]:
+    """What wandb shows once the run dir's offline launches are synced: (their run ids, the history as metrics.jsonl
+    rows, the summary). A launch's branch point (a rewind, `resume_from`) drops the steps after it, as the server does."""
+    ids, history, summary = set(), {}, {}
+    for records in wandb_records(run_dir):
+        for r in records:
+            if r.get("type") == "run":
+                ids.add(r["run"]["run_id"])
+                point = r["run"].get("branch_point")
+                if point:
+                    assert point["run"] == r["run"]["run_id"] and point["metric"] == "_step", point
+                    history = {s: row for s, row in history.items() if s <= point["value"]}
+            elif r.get("type") == "history":
+                step = int(r["history"]["step"]["num"])
+                assert step not in history and all(s < step for s in history), f"step {step} out of order"
+                history[step] = {"step": step, **{k: v for k, v in r["history"]["item"].items() if not k.startswith("_")}}
+            elif r.get("type") == "summary":
+                summary.update({k: v for k, v in r["summary"].get("update", {}).items() if not k.startswith("_")})
+    return ids, [history[s] for s in sorted(history)], summary

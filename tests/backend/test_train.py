@@ -243,6 +243,69 @@ def method_runs(resume_runs, tiny_model, countdown_data, tmp_path_factory):
     return results
 
 
+WANDB_SECRET = "sekrit-wandb-key-0123456789abcdef0123456789"
+
+
+@pytest.fixture(scope="module")
+def wandb_run(tiny_model, countdown_data, tmp_path_factory):
+    """ppo with the wandb mirror offline, 4 steps with checkpoints at 2 and 4: preempted (SIGTERM, as Slurm and the
+    launcher do) once step 3 is in metrics.jsonl, past checkpoint 2; resumed to the end; then its checkpoint evaluated
+    with --wandb offline. WANDB_API_KEY is set (offline does not need it) to prove it is written nowhere."""
+    run_dir = tmp_path_factory.mktemp("wandb") / "ppo"
+    # max_prompt_length: the fixture's Countdown prompts are longer than the miniature's generated ones (TINY_LENGTHS)
+    cmd = [*_cmd("ppo", run_dir, tiny_model, countdown_data, "trainer.total_training_steps=4", "trainer.save_freq=2",
+                 "data.max_prompt_length=256"),
+           "--wandb", "offline", "--wandb-group", "mirror-test"]
+    mark = uuid.uuid4().hex
+    env = {**_env(mark), "WANDB_API_KEY": WANDB_SECRET}
+    out: dict = {"run_dir": run_dir}
+    metrics = run_dir / "metrics.jsonl"
+    proc = subprocess.Popen(cmd, stdout=open(run_dir.parent / "leg1.log", "w"), stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    out["alive_at_term"] = _wait_for(proc, lambda: 3 in [r["step"] for r in rundir.read_metrics(metrics)])
+    out["rc_term"] = terminate_group(proc, grace_s=120)
+    out["log_term"] = (run_dir.parent / "leg1.log").read_text()
+    out["steps_after_term"] = [r["step"] for r in rundir.read_metrics(metrics)]
+    out["wandb_after_term"] = rundir.read_wandb_run(run_dir)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    out["rc_resumed"], out["log_resumed"] = again.returncode, again.stdout + again.stderr
+    evaluate = subprocess.run([PYTHON, "-m", "evaluation", "evaluate", str(run_dir), "--n", "2", "--limit", "2",
+                               "--wandb", "offline"], capture_output=True, text=True, env=env, timeout=600)
+    out["rc_eval"], out["log_eval"] = evaluate.returncode, evaluate.stdout + evaluate.stderr
+    out["stray"] = _wait_gone(mark)
+    return out
+
+
+def test_wandb_mirror_is_one_run_equal_to_metrics_across_a_preemption(wandb_run):
+    """The killed leg logged step 3 past checkpoint 2; the resumed leg rewound the same wandb run to 2 and logged 3 and
+    4 again: read back with wandb's own reader, the run's history is metrics.jsonl, step for step, in order."""
+    from .conftest import wandb_view
+
+    r, run_dir = wandb_run, wandb_run["run_dir"]
+    assert r["alive_at_term"] and r["rc_term"] == 143, r["log_term"][-3000:]
+    assert r["steps_after_term"] == [0, 1, 2, 3] and r["wandb_after_term"] is not None
+    assert r["rc_resumed"] == 0, r["log_resumed"][-3000:]
+    assert "resuming from checkpoint step 2 (dropped 1 metric lines past it)" in r["log_resumed"]
+    assert r["rc_eval"] == 0, r["log_eval"][-3000:]
+    record = rundir.read_wandb_run(run_dir)
+    assert record == {"id": r["wandb_after_term"]["id"], "project": "tre", "entity": None,
+                      "group": "mirror-test/countdown_tiny_ppo", "name": "countdown_tiny_ppo_seed0",
+                      "tags": ["countdown", "tiny", "ppo", "seed0", record["tags"][-1]], "mirrored_step": 4}
+    assert record["tags"][-1].startswith("git:")
+    ids, history, summary = wandb_view(run_dir)
+    assert ids == {record["id"]}  # every launch (two trainings, one evaluation) is the one wandb run
+    rows = rundir.read_metrics(run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [0, 1, 2, 3, 4]
+    assert history == [{k: v for k, v in row.items() if v is not None} for row in rows]
+    scores = json.loads((run_dir / "eval" / "4" / "scores.json").read_text())["metrics"]
+    assert {k: summary[f"eval/{k}"] for k in scores} == scores and summary["eval/step"] == 4
+    assert summary["final_val_score"] == json.loads((run_dir / "summary.json").read_text())["final_val_score"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["resolved"]["trainer"]["logger"] == ["console"]  # verl's own wandb logger never ran
+    written = [p for p in run_dir.parent.rglob("*") if p.is_file() and WANDB_SECRET.encode() in p.read_bytes()]
+    assert written == [] and WANDB_SECRET not in r["log_resumed"] + r["log_eval"] and r["stray"] == []
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_run_directory_and_metrics(method_runs, method):
     rc, run_dir, log, _ = method_runs[method]
@@ -260,6 +323,8 @@ def test_run_directory_and_metrics(method_runs, method):
     assert config["method_spec"]["name"] == method and config["packages"]["verl"] == "0.4.1"
     assert config["resolved"]["trainer"]["default_local_dir"] == str(run_dir / "checkpoints")
     assert any(o.endswith("model.external_lib=tre.backend.plugin") for o in config["overrides"])
+    assert config["resolved"]["trainer"]["logger"] == ["console"]
+    assert not (run_dir / rundir.WANDB_RUN).exists() and not (run_dir / rundir.WANDB_FILES).exists()  # mirror disabled
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 2 and summary["val_metric"] == VAL
     assert summary["final_val_score"] == rows[2][VAL]

@@ -68,6 +68,9 @@ def test_deep_merge_replaces_lists_and_scalars():
     ({"warm_start": {"base": "models/tiny/policy", "plain_fraction": 1}},
      "config: warm_start.plain_fraction: 1 is greater than or equal to the maximum of 1"),
     ({"warm_start": {"base": "models/tiny/policy", "lr": 0}}, "config: warm_start.lr: 0 is less than or equal to"),
+    ({"wandb": {"mode": "on"}}, "config: wandb.mode: 'on' is not one of disabled, offline, online"),
+    ({"wandb": {"mode": "offline", "team": "x"}}, "config: wandb.team: unknown key (allowed: entity, group, mode, project)"),
+    ({"wandb": {"mode": "offline", "project": ""}}, "config: wandb.project: '' should be non-empty"),
 ])
 def test_bad_config_is_one_line_naming_the_key(over, message):
     with pytest.raises(wfc.ConfigError) as e:
@@ -115,6 +118,28 @@ def test_command_lines_follow_the_step_interfaces():
         "--out", "models/rm/tiny", "--preset", "tiny"]
     assert wfc.eval_args(cfg, run) == ["evaluate", "runs/hh/tiny/tre_k/seed1", "--n", "4", "--no-lm-eval"]
     assert wfc.eval_args(wfc.resolve({"grid": "paper"}), run)[-4:] == ["--n", "8", "--lm-eval-task", "minerva_math500"]
+
+
+def test_wandb_is_off_by_default_and_passed_to_training_and_evaluation(monkeypatch):
+    assert wfc.resolve({})["wandb"] == wfc.resolve({"grid": "paper"})["wandb"] == {
+        "mode": "disabled", "project": "tre", "entity": None, "group": None}
+    run = wfc.Run("math", "tiny", "ppo", 2)
+    assert "--wandb" not in wfc.train_args(wfc.resolve({}), run) and wfc.wandb_args(wfc.resolve({})) == []
+    cfg = wfc.resolve({"wandb": {"mode": "offline", "group": "sweep1"}})
+    assert wfc.wandb_args(cfg) == ["--wandb", "offline", "--wandb-project", "tre", "--wandb-group", "sweep1"]
+    assert wfc.train_args(cfg, run)[-6:] == wfc.wandb_args(cfg)  # no train overrides in the tiny grid
+    assert wfc.method_spec(cfg, run) == wfc.method_spec(wfc.resolve({}), run)  # turning it on reruns nothing
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    assert wfc.wandb_args(wfc.resolve({"wandb": {"mode": "online", "entity": "lab"}})) == [
+        "--wandb", "online", "--wandb-project", "tre", "--wandb-entity", "lab"]
+
+
+def test_online_without_an_api_key_stops_before_any_job(monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with pytest.raises(wfc.ConfigError) as e:
+        wfc.resolve({"grid": "paper", "wandb": {"mode": "online", "project": "tre"}})
+    assert str(e.value).startswith("config: wandb.mode: wandb mode online needs WANDB_API_KEY") and "\n" not in str(e.value)
+    assert wfc.resolve({"wandb": {"mode": "online"}, "archive_only": True})["archive_only"]  # no job: no key needed
 
 
 def test_each_task_with_demonstrations_gets_its_own_warm_start():

@@ -31,7 +31,7 @@ def test_setup_prints_one_line_per_stage_then_nothing_when_current(tmp_path):
         "setup: .venv: torch 2.13.0 (CPU)",
         "setup: .venv: pip install -e .[test] (the longest stage: the pinned stack)",
         "setup: .venv: pip check",
-        "setup: .venv: import check (torch, verl, trl, lm_eval, math_verify, hydra, this project)",
+        "setup: .venv: import check (torch, verl, trl, lm_eval, math_verify, hydra, wandb, this project)",
         "setup: .venv ready (torch 0, verl 0)",
     ]
     installs = [c for c in (tmp_path / ".venv" / "calls.log").read_text().splitlines() if " install " in c]

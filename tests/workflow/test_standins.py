@@ -21,9 +21,12 @@ def _parse(module: str, argv: list[str]):
     return cli.parse_args(argv) if hasattr(cli, "parse_args") else cli.build_parser().parse_args(argv)
 
 
-@pytest.mark.parametrize("user", [{"tasks": ["math", "countdown", "hh"]}, {"grid": "paper"}], ids=["tiny", "paper"])
+@pytest.mark.parametrize("user", [{"tasks": ["math", "countdown", "hh"]}, {"grid": "paper"},
+                                  {"grid": "paper", "wandb": {"mode": "online", "entity": "lab", "group": "g"}}],
+                         ids=["tiny", "paper", "paper-wandb"])
 def test_every_argv_the_rules_build_parses_with_the_real_parser(user, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the parsers check output paths relative to the working directory
+    monkeypatch.setenv("WANDB_API_KEY", "k")
     config = wfc.resolve(user)
     for task in config["tasks"]:
         assert _parse("evaluation.tasks.__main__", wfc.data_args(config, task)).task == task
@@ -35,7 +38,10 @@ def test_every_argv_the_rules_build_parses_with_the_real_parser(user, tmp_path, 
         train = _parse("tre.backend.__main__", wfc.train_args(config, run))
         assert (train.task, train.size, train.method, train.seed) == (run.task, run.size, run.method, run.seed)
         assert train.extra == wfc.train_overrides(config, run)
-        assert str(_parse("evaluation.__main__", wfc.eval_args(config, run)).run_dir) == run.run_dir
+        assert (train.wandb, train.wandb_project, train.wandb_entity, train.wandb_group) == \
+            (config["wandb"]["mode"], config["wandb"]["project"], config["wandb"]["entity"], config["wandb"]["group"])
+        evaluate = _parse("evaluation.__main__", [*wfc.eval_args(config, run), *wfc.wandb_args(config)])  # as the rule
+        assert str(evaluate.run_dir) == run.run_dir and evaluate.wandb == config["wandb"]["mode"]
 
 
 BAD = [

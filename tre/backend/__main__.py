@@ -8,6 +8,7 @@ import warnings
 from typing import Optional
 
 from common.argtypes import Parser
+from tre.backend.mirror import DEFAULT_PROJECT
 from tre.backend.profiles import PROFILES, WANDB_MODES, RunSpec, SpecError
 from tre.backend.rundir import RunDirError
 from tre.grid import METHODS, SIZES, TASKS
@@ -28,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-dir", default=None, help="default runs/<task>/<size>/<method>/seed<N>")
         p.add_argument("--data-dir", default=None, help="holds train.parquet and test.parquet (default data/<task>)")
         p.add_argument("--model-path", default=None, help="local model directory (required for size tiny)")
-        p.add_argument("--wandb", default="disabled", help=f"one of {', '.join(WANDB_MODES)}")
+        p.add_argument("--wandb", default="disabled", help=f"the wandb mirror of metrics.jsonl: one of {', '.join(WANDB_MODES)} "
+                       "(online needs WANDB_API_KEY)")
+        p.add_argument("--wandb-project", default=DEFAULT_PROJECT, help=f"wandb project (default {DEFAULT_PROJECT})")
+        p.add_argument("--wandb-entity", default=None, help="wandb entity (default: the key's own)")
+        p.add_argument("--wandb-group", default=None, help="prefix of the run's wandb group (default: its cell, task_size_method)")
         p.add_argument("extra", nargs="*", metavar="key=value", help="verl Hydra overrides, applied last")
     return parser
 
@@ -41,7 +46,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     profile = args.profile or ("tiny" if args.size == "tiny" else "paper")
     return RunSpec(task=args.task, size=args.size, method=args.method, seed=args.seed, profile=profile,
                    run_dir=args.run_dir or pseudo.get("run_dir"), data_dir=args.data_dir or pseudo.get("data_dir"),
-                   model_path=args.model_path or pseudo.get("model_path"), wandb=args.wandb, extra=tuple(extra))
+                   model_path=args.model_path or pseudo.get("model_path"), wandb=args.wandb, wandb_project=args.wandb_project,
+                   wandb_entity=args.wandb_entity, wandb_group=args.wandb_group, extra=tuple(extra))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

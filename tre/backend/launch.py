@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from baselines.methods import FORKING_TOKENS_LOSS
-from tre.backend import rundir
+from tre.backend import mirror, rundir
 from tre.backend.profiles import RunSpec, SpecError, default_run_dir, overrides, split_override, validate, verl_config_dir
 
 EXIT_INTERRUPTED = {2: 130, 15: 143}  # SIGINT, SIGTERM -> the shell's 128 + signum
@@ -96,9 +96,6 @@ def worker_env(run_dir: str, spec: RunSpec) -> dict[str, str]:
 
     env = {rundir.RUN_DIR_ENV: run_dir, SEED_ENV: str(spec.seed), "TOKENIZERS_PARALLELISM": "true",
            "NCCL_DEBUG": "WARN", "VLLM_LOGGING_LEVEL": "WARN"}
-    if spec.wandb != "disabled":
-        env["WANDB_MODE"] = spec.wandb
-        env["WANDB_DIR"] = run_dir
     for name in ("REWARD_SERVER_URL", "HF_HOME", "HF_HUB_OFFLINE", "PYTHONPATH"):
         if os.environ.get(name):
             env[name] = os.environ[name]
@@ -108,6 +105,9 @@ def worker_env(run_dir: str, spec: RunSpec) -> dict[str, str]:
 def prepare(spec: RunSpec) -> tuple[list[str], Any, dict[str, Any], str]:
     """Overrides, composed config, resolved dict and absolute run dir of `spec`; all user errors raised here."""
     validate(spec)
+    missing = mirror.credentials_error(spec.wandb)
+    if missing:  # here, before Ray: never a wandb.init failing inside a worker
+        raise SpecError(f"wandb: {missing}")
     items = overrides(spec)
     config = compose(items)
     resolved = resolve(config)
@@ -134,7 +134,8 @@ def train(spec: RunSpec, *, log=print) -> int:
     dropped = rundir.truncate_metrics(Path(run_dir) / rundir.METRICS, start if start else -1)  # fresh: nothing kept
     if start:
         log(f"resuming from checkpoint step {start} (dropped {dropped} metric lines past it)")
-    rundir.atomic_write_json(Path(run_dir) / rundir.CONFIG, rundir.config_record(spec, get_method(spec.method), items, resolved))
+    record = rundir.config_record(spec, get_method(spec.method), items, resolved)
+    rundir.atomic_write_json(Path(run_dir) / rundir.CONFIG, record)
 
     from tre.backend.cpu import ray_session, run_ppo
 
@@ -143,7 +144,9 @@ def train(spec: RunSpec, *, log=print) -> int:
     beating = threading.Event()
     pulse = threading.Thread(target=_heartbeat, args=(run_dir, beating), daemon=True)
     pulse.start()
+    wandb_run = None
     try:
+        wandb_run = start_mirror(run_dir, spec, start, record)  # before Ray: a wandb failure is one line, not a worker's
         with ray_session(env=worker_env(run_dir, spec)) as session:
             run_ppo(config)
         status = "completed"
@@ -154,14 +157,35 @@ def train(spec: RunSpec, *, log=print) -> int:
         beating.set()
         interrupted = session is not None and session.signum is not None
         rundir.end_launch(run_dir, launch, status="interrupted" if interrupted else status)
+        if wandb_run is not None and (interrupted or status != "completed"):
+            wandb_run.close("interrupted" if interrupted else status)
     if interrupted:
         name = "SIGINT" if session.signum == 2 else "SIGTERM"
         log(f"interrupted ({name}); Ray shut down; rerun the same command to resume")
         return EXIT_INTERRUPTED.get(session.signum, 130)
     summary = rundir.summary_record(run_dir, spec.task, spec.size, spec.method, spec.seed, task_val_metric(spec.task))
     rundir.atomic_write_json(summary_path, summary)
+    if wandb_run is not None:
+        wandb_run.close("completed", {k: summary[k] for k in (*rundir.SCORE_FIELDS, "steps") if k != "val_metric"})
     log(f"done: {summary_path}")
     return 0
+
+
+def wandb_names(spec: RunSpec, commit: Optional[str]) -> dict[str, Any]:
+    """The wandb project, entity, group, name and tags of a run (tre.backend.mirror.identity of its grid cell)."""
+    return mirror.identity(spec.task, spec.size, spec.method, spec.seed, commit, project=spec.wandb_project,
+                           entity=spec.wandb_entity, group=spec.wandb_group)
+
+
+def start_mirror(run_dir: str, spec: RunSpec, start: int, record: dict[str, Any]) -> Optional[mirror.Mirror]:
+    """This launch's wandb mirror of metrics.jsonl (None when disabled); SpecError when wandb cannot start."""
+    if spec.wandb == "disabled":
+        return None
+    try:
+        return mirror.Mirror.start(run_dir, spec.wandb, wandb_names(spec, record.get("git_commit")), start, record)
+    except Exception as exc:  # wandb raises its own types (auth, network, usage); all mean "the mirror cannot start"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"wandb: {first}") from None
 
 
 def _heartbeat(run_dir: str, stop: threading.Event) -> None:

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from tre.backend.rundir import run_path
+from tre.backend.mirror import DEFAULT_PROJECT
+from tre.backend.mirror import MODES as WANDB_MODES
+from tre.backend.rundir import run_name, run_path
 from tre.grid import METHODS, PAPER_SIZES, SIZES, TASKS, VALIDATION_TEMPERATURE, VALIDATION_TOP_P, Method, get_method
 
 PROFILES = ("paper", "tiny")
-WANDB_MODES = ("disabled", "offline", "online")
 
 PLUGIN_MODULE = "tre.backend.plugin"
 
@@ -59,7 +60,10 @@ class RunSpec:
     run_dir: Optional[str] = None  # default: runs/<task>/<size>/<method>/seed<seed>
     data_dir: Optional[str] = None  # default: data/<task>
     model_path: Optional[str] = None  # default: the size's hub model; required for a size without one (tiny)
-    wandb: str = "disabled"
+    wandb: str = "disabled"  # the wandb mirror (tre.backend.mirror): disabled, offline or online
+    wandb_project: str = DEFAULT_PROJECT
+    wandb_entity: Optional[str] = None
+    wandb_group: Optional[str] = None  # above each cell's group
     extra: Sequence[str] = field(default_factory=tuple)  # user key=value overrides, applied last
 
 
@@ -107,7 +111,7 @@ def default_run_dir(spec: RunSpec) -> str:
 
 def experiment_name(spec: RunSpec) -> str:
     """The experiment name: derived from (task, size, method, seed), never the authors' hand-typed names."""
-    return f"{spec.task}_{spec.size}_{spec.method}_seed{spec.seed}"
+    return run_name(spec.task, spec.size, spec.method, spec.seed)
 
 
 def _hydra_list(items: Sequence[str]) -> str:
@@ -189,7 +193,6 @@ def _common_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
     data_dir = os.path.abspath(spec.data_dir or os.path.join("data", spec.task))
     run_dir = os.path.abspath(default_run_dir(spec))
     model = _model_path(spec)
-    logger = ["console"] if spec.wandb == "disabled" else ["console", "wandb"]
     return [
         ("algorithm.adv_estimator", "gae"),
         ("algorithm.use_kl_in_reward", "False"),
@@ -206,7 +209,7 @@ def _common_overrides(spec: RunSpec, method: Method) -> list[tuple[str, str]]:
         *_reward_overrides(spec.task),
         ("trainer.project_name", f"tre_{spec.task}_{spec.size}"),
         ("trainer.experiment_name", experiment_name(spec)),
-        ("trainer.logger", _hydra_list(logger)),
+        ("trainer.logger", _hydra_list(["console"])),  # never verl's wandb logger: tre.backend.mirror is the one
         ("trainer.default_local_dir", os.path.join(run_dir, "checkpoints")),
         ("trainer.resume_mode", "auto"),
         ("trainer.val_before_train", "True"),

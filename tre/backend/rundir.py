@@ -1,6 +1,7 @@
 """The run directory contract: config.json, metrics.jsonl (fed from verl's Tracking), launches.jsonl, summary.json.
 
 runs/<task>/<size>/<method>/seed<k>/{config.json, metrics.jsonl, launches.jsonl, summary.json, checkpoints/}
+and, when the wandb mirror is on (tre.backend.mirror), wandb.json (the run's one wandb identity) and wandb/ (wandb's files)
 
 The one writer and reader of this format: `RunDir` is what evaluation and figures read a run with, so that verl's
 config layout and checkpoint folders are known only here. Importing this module imports no torch, verl
@@ -28,6 +29,7 @@ from common.files import atomic_write_json  # noqa: F401  (the run files' writer
 
 RUN_DIR_ENV = "TRE_RUN_DIR"  # set for the Ray workers: where the TaskRunner's Tracking also writes metrics.jsonl
 CONFIG, METRICS, SUMMARY, CHECKPOINTS = "config.json", "metrics.jsonl", "summary.json", "checkpoints"
+WANDB_RUN, WANDB_FILES = "wandb.json", "wandb"  # the wandb mirror's identity of the run, and wandb's own folder
 LAUNCHES = "launches.jsonl"  # per launch of `train` (a resumed run has several): a start line, then an end line
 VAL_PREFIX, VAL_SUFFIX = "val-core/", "/reward/mean@1"
 # Where config.json's "resolved" (verl's resolved config) names what the readers need, as dotted paths.
@@ -245,6 +247,18 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
+def read_wandb_run(run_dir: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """wandb.json: the run's wandb identity (id, project, entity, group, name, tags) and the last step mirrored into it
+    (mirrored_step), or None before its first mirror."""
+    path = Path(run_dir) / WANDB_RUN
+    return read_json_object(path, str(path)) if path.is_file() else None
+
+
+def write_wandb_run(run_dir: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Write wandb.json (atomically); it holds names only, never a credential."""
+    atomic_write_json(Path(run_dir) / WANDB_RUN, dict(record))
+
+
 def latest_checkpoint_step(checkpoint_dir: str | os.PathLike) -> int:
     """The step verl's resume_mode=auto restarts from (its latest_checkpointed_iteration.txt), 0 if none."""
     marker = Path(checkpoint_dir) / "latest_checkpointed_iteration.txt"
@@ -317,6 +331,16 @@ def find_run_dirs(root: str | os.PathLike) -> list[Path]:
 def run_path(task: str, size: str, method: str, seed: int) -> str:
     """<task>/<size>/<method>/seed<k>: where a grid cell's run lives below runs/ (and its logs below logs/<rule>/)."""
     return f"{task}/{size}/{method}/seed{int(seed)}"
+
+
+def cell_name(task: str, size: str, method: str) -> str:
+    """<task>_<size>_<method>: a grid cell's name (the wandb group of its seeds)."""
+    return f"{task}_{size}_{method}"
+
+
+def run_name(task: str, size: str, method: str, seed: int) -> str:
+    """<task>_<size>_<method>_seed<k>: a run's name (verl's experiment_name, the wandb run's name)."""
+    return f"{cell_name(task, size, method)}_seed{int(seed)}"
 
 
 class RunDir:

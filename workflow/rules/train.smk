@@ -76,7 +76,7 @@ rule evaluate:
             log_dir=f"logs/evaluate/{run_.wildcards}",
             config=config,
             resources=wfc.step_resources(config, "eval", wildcards.size),
-            argv=[PY, "-m", "evaluation", *params.args],
+            argv=[PY, "-m", "evaluation", *params.args, *wfc.wandb_args(config)],  # not a param: it reruns nothing
             reward_model=reward_model_of(run_),
             record=output[0],
         )
