@@ -65,8 +65,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.wandb != "disabled":
         from tre.backend.mirror import credentials_error
 
-        if credentials_error(args.wandb):  # before the sampling, not after it
-            parser.error(f"--wandb: {credentials_error(args.wandb)}")
+        missing_key = credentials_error(args.wandb)
+        if missing_key:  # before the sampling, not after it
+            parser.error(f"--wandb: {missing_key}")
     try:
         res = evaluate(args.run_dir, step=args.step, n=args.n, split=args.split, data=args.data, limit=args.limit,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,

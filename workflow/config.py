@@ -161,8 +161,7 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
         for key, pool in (("task", "tasks"), ("size", "sizes"), ("seed", "seeds")):
             if f1[key] not in config[pool]:
                 raise ConfigError(f"config: figure1.{key}: {f1[key]!r} is not in {pool} {config[pool]}")
-    uses_warm = any(config["models"][s]["policy"] == WARM_START_MODEL for s in config["sizes"])
-    if uses_warm and not config.get("warm_start"):
+    if _policy_is_warm_start(config) and not config.get("warm_start"):
         raise ConfigError(f"config: warm_start: required when a policy is {WARM_START_MODEL} (or point "
                           "models.<size>.policy at models/tiny/policy)")
     for task in (config.get("warm_start") or {}).get("tasks", {}):
@@ -170,8 +169,9 @@ def _check_semantics(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"config: warm_start.tasks.{task}: task {task} has no demonstrations to warm-start "
                               f"from; tasks with them: {', '.join(t for t, v in TASKS.items() if v.demonstrations)}")
     wandb_mode = (config.get("wandb") or {}).get("mode", "disabled")
-    if not config.get("archive_only", False) and credentials_error(wandb_mode):  # before any job is submitted
-        raise ConfigError(f"config: wandb.mode: {credentials_error(wandb_mode)}")
+    missing_key = None if config.get("archive_only", False) else credentials_error(wandb_mode)
+    if missing_key:  # before any job is submitted
+        raise ConfigError(f"config: wandb.mode: {missing_key}")
     if config["profile"] == "tiny" and any(s != "tiny" for s in config["sizes"]):
         bad = next(s for s in config["sizes"] if s != "tiny")
         raise ConfigError(f"config: sizes: {bad!r} needs profile 'paper' (profile 'tiny' runs size 'tiny' only)")
@@ -313,9 +313,19 @@ def artefact_outputs(name: str) -> list[str]:
 
 def warm_start_tasks(config: Mapping[str, Any]) -> list[str]:
     """The grid's tasks that get a warm start of their own (those with demonstrations, when a policy asks for it)."""
-    if not config.get("warm_start") or not any(config["models"][s]["policy"] == WARM_START_MODEL for s in config["sizes"]):
+    if not config.get("warm_start") or not _policy_is_warm_start(config):
         return []
     return [t for t in config["tasks"] if TASKS[t].demonstrations]
+
+
+def _policy_is_warm_start(config: Mapping[str, Any]) -> bool:
+    """Whether some size's policy is models/tiny/warm (each task's warm start)."""
+    return any(config["models"][s]["policy"] == WARM_START_MODEL for s in config["sizes"])
+
+
+def warm_start_model(task: str) -> str:
+    """The directory of one task's warm start (Snakemake passes "{task}" for its output pattern)."""
+    return f"{WARM_START_MODEL}/{task}"
 
 
 def warm_start_settings(config: Mapping[str, Any], task: str) -> dict[str, Any]:
@@ -329,7 +339,7 @@ def warm_start_settings(config: Mapping[str, Any], task: str) -> dict[str, Any]:
 def warm_start_args(config: Mapping[str, Any], task: str, threads: int) -> list[str]:
     """Arguments of `python -m miniature.warm_start` for one task's warm start (its train rows only)."""
     settings = warm_start_settings(config, task)
-    args = ["--model", settings["base"], "--data", f"data/{task}/train.parquet", "--out", f"{WARM_START_MODEL}/{task}",
+    args = ["--model", settings["base"], "--data", f"data/{task}/train.parquet", "--out", warm_start_model(task),
             "--threads", str(threads)]
     for key in WARM_START_SETTINGS:
         if settings.get(key) is not None:
@@ -343,7 +353,7 @@ def policy_path(config: Mapping[str, Any], run: Run) -> Optional[str]:
     policy = config["models"][run.size]["policy"]
     if policy != WARM_START_MODEL:
         return policy
-    return f"{WARM_START_MODEL}/{run.task}" if run.task in warm_start_tasks(config) else config["warm_start"]["base"]
+    return warm_start_model(run.task) if run.task in warm_start_tasks(config) else config["warm_start"]["base"]
 
 
 def is_made_path(path: Optional[str]) -> bool:

@@ -38,7 +38,7 @@ rule warm_start:
         base=lambda wc: model_inputs(config["warm_start"]["base"]),
         data="data/{task}/train.parquet",
     output:
-        directory(f"{wfc.WARM_START_MODEL}/{{task}}"),
+        directory(wfc.warm_start_model("{task}")),
     params:
         spec=lambda wc: json.dumps(wfc.warm_start_settings(config, wc.task), sort_keys=True),
     threads: 2
