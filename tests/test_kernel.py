@@ -242,7 +242,8 @@ def _mixed_rows(vocab: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("vocab", [4096, 4099])  # a multiple of the block width, and a ragged tail
 def test_prefiltered_top_values_equal_torch_topk_bit_for_bit(vocab, m, dtype, monkeypatch):
     x = _mixed_rows(vocab, dtype, seed=vocab + m)
-    monkeypatch.setattr(kernel, "_CACHE_ELEMS", 11 * vocab)  # row groups of 11 and 1
+    monkeypatch.setattr(kernel, "_CACHE_ELEMS", 11 * vocab)  # logsumexp row groups of 11 and 1
+    monkeypatch.setattr(kernel, "_SELECT_ELEMS", 5 * vocab)  # selection row groups of 5, 5 and 2
     assert kernel._prefilter_applies(vocab, m)
     vals, idx, lse = kernel._top_values(x, m, with_lse=True)
     assert torch.equal(vals, torch.topk(x, m + 1, dim=-1).values)
@@ -272,6 +273,44 @@ def test_prefilter_changes_no_bit_of_values_or_gradients(kw, dtype, monkeypatch)
     monkeypatch.setattr(kernel, "_prefilter_applies", lambda vocab, m: False)
     plain = run()
     assert torch.equal(fast[0], plain[0]) and torch.equal(fast[1], plain[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kw", [{}, {"top_k": 1}, {"top_k": 2}, {"top_p": 0.9}, {"top_p": 0.9, "chunk_size": 5}],
+                         ids=["full", "k1", "k2", "p0.9", "p0.9-chunk"])
+def test_huge_page_gradient_changes_no_bit(kw, dtype, monkeypatch):
+    base = _mixed_rows(4099, dtype, seed=3)
+    w = torch.randn(base.shape[0], generator=torch.Generator().manual_seed(5))
+
+    def grad():
+        x = base.clone().requires_grad_(True)
+        (tre(x, **kw) * w).sum().backward()
+        return x.grad
+
+    monkeypatch.setattr(kernel, "_HUGE_ALLOC_MIN", 1 << 62)  # torch.zeros
+    plain = grad()
+    monkeypatch.setattr(kernel, "_HUGE_ALLOC_MIN", 0)  # every gradient on its own huge-page mapping
+    huge = grad()
+    assert huge.untyped_storage().data_ptr() % kernel._HUGE_PAGE == 0  # the mapping was used, aligned
+    assert huge.dtype == plain.dtype and huge.shape == plain.shape and torch.equal(huge, plain)
+
+
+def test_huge_page_zeros_are_zero_and_unmapped_when_freed():
+    def mappings() -> int:
+        return len(Path("/proc/self/maps").read_text().splitlines())
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc (Linux)")
+    shape = torch.Size([64, 1 << 16])  # 16 MiB of fp32: above _HUGE_ALLOC_MIN
+    first = kernel._zeros(shape, torch.float32, torch.device("cpu"))
+    before = mappings()
+    for _ in range(20):
+        z = kernel._zeros(shape, torch.float32, torch.device("cpu"))
+        assert z.shape == shape and z.is_contiguous() and not z.any()
+        z.fill_(1.0)
+        del z
+    assert mappings() <= before  # each mapping went with its tensor
+    assert not first.any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
@@ -340,3 +379,18 @@ def test_trust_region_stats_unchanged_by_the_prefilter(monkeypatch):
     for key in plain:
         assert torch.equal(fast[key].isnan(), plain[key].isnan()), key
         assert torch.equal(fast[key].nan_to_num(), plain[key].nan_to_num()), key
+
+
+def test_kernel_benchmark_thp_puts_every_allocation_on_huge_pages(capsys):
+    cmd = [sys.executable, "benchmarks/kernel.py", "--thp", "--vocab", "1000", "--positions", "4", "--reps", "1",
+           "--mem-reps", "1", "--check-rows", "4", "--flat", ""]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "THP_MEM_ALLOC_ENABLE": "0"})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.splitlines()[0].endswith(" allocator=thp")
+    if os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":  # torch reads it at its first allocation: too late from main()
+        with pytest.raises(SystemExit) as exc:
+            _benchmark_module().main(["--thp", "--device", "cpu"])
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith("--thp: give it on the command line "
+                                                                         "(torch reads THP_MEM_ALLOC_ENABLE at its first allocation)")

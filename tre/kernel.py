@@ -16,17 +16,19 @@ elsewhere, so the gradient is scattered from the small candidate tensor. The ful
 modes, and every mode when chunked, recompute their chunk in backward instead of saving per-position activations.
 All arithmetic is fp32 whatever the input dtype; the gradient has the input's dtype.
 
-On CPU, where a whole-row torch.topk dominated the time, the candidates come from a block pre-filter
-(_top_values: the top blocks by maximum, then a top-k over them) and the logsumexp from one pass through a
-cache-sized scratch (_logsumexp_rows). Both give torch.topk's and torch.logsumexp's values bit for bit; where
-equal logits straddle the kept set's edge, the row is redone with torch.topk so that the gradient reaches
-the same tied tokens. Values and gradients are therefore exactly those of the plain torch.topk path, which
-other devices keep.
+On CPU, where a whole-row torch.topk dominated the time, the candidates come from a two-level block pre-filter
+(_select: the blocks with the largest maxima, their sub-blocks with the largest maxima, then a top-k over
+those) and the logsumexp from one pass through a cache-sized scratch (_logsumexp_rows). Both give torch.topk's
+and torch.logsumexp's values bit for bit; where equal logits straddle the kept set's edge, the row is redone
+with torch.topk so that the gradient reaches the same tied tokens. Values and gradients are therefore exactly
+those of the plain torch.topk path, which other devices keep. A large CPU gradient is written on huge pages
+(_zeros), which takes most of the page-fault cost out of backward.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 from typing import Optional
 
 import torch
@@ -38,11 +40,16 @@ __all__ = ["trust_region_entropy", "trust_region_stats"]
 # Elements of fp32 scratch allowed per block when a mode must touch the whole vocabulary (logsumexp for
 # TRE-P's mass, full entropy, K == 1). Bounds the transient memory of an unchunked call as well.
 _BLOCK_ELEMS = 1 << 22
-# Elements per row group of the CPU selection and logsumexp: small enough that a group read from memory for
-# the block maxima is still in cache for the gather, the exp and the sum.
+# Elements per row group of the CPU logsumexp: small enough that the exp and the sum read the group from cache.
 _CACHE_ELEMS = 1 << 20
-# Entries per block whose maxima pre-filter the top-k selection (_top_values); 16 measured fastest at V = 151936.
-_SELECT_BLOCK = 16
+# The CPU top-k selection (_select): entries per block and per sub-block whose maxima pre-filter it (32 and 4
+# measured fastest at V = 151936), and logits per row group (bounds its scratch: ~1/40 of the group).
+_SELECT_BLOCK = 32
+_SELECT_SUB = 4
+_SELECT_ELEMS = 1 << 24
+# CPU gradients of at least this many bytes are allocated on transparent huge pages of this size (_zeros).
+_HUGE_ALLOC_MIN = 1 << 22
+_HUGE_PAGE = 1 << 21
 
 # The entropy modes, named after what they compute (docs/fidelity.md, "Kernel").
 FULL_ENTROPY = "full_entropy"  # neither top_k nor top_p: H(softmax(z)) over the vocabulary
@@ -160,47 +167,53 @@ def _logsumexp_rows(x: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
 
 def _prefilter_applies(vocab: int, m: int) -> bool:
     """Whether the block pre-filter of _top_values pays off: the m + 1 gathered blocks are a small part of the row."""
-    return (m + 1) * _SELECT_BLOCK * 4 <= vocab
+    return (m + 1) * _SELECT_BLOCK * 2 <= vocab
+
+
+def _select(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the k largest entries of rows x (r, V), values sorted descending and equal to
+    torch.topk(x, k)'s bit for bit; only the order of equal values may differ. Requires _prefilter_applies(V, k - 1).
+
+    A row is cut into contiguous blocks of _SELECT_BLOCK entries (the last V % _SELECT_BLOCK entries, the tail,
+    stay apart). Level 1 keeps the k blocks with the largest maxima: every entry outside them is matched or
+    exceeded by those k maxima, so the row's k largest values are among the kept blocks and the tail. Level 2
+    does the same with the kept blocks' sub-blocks of _SELECT_SUB entries, and one torch.topk over the k kept
+    sub-blocks and the tail gives the values. Each level reads contiguous memory (a block maximum is one
+    reduction over the innermost axis, a kept block one row copy), which torch does at memory speed.
+    """
+    r, vocab = x.shape
+    b, sub = _SELECT_BLOCK, _SELECT_SUB
+    nb, ns = vocab // b, _SELECT_BLOCK // _SELECT_SUB
+    blocks = x[:, : nb * b].reshape(r, nb, b)
+    first = torch.arange(r, device=x.device).unsqueeze(1)  # each row's first block / sub-block, in block units
+    kept = torch.topk(blocks.amax(-1), k, dim=-1, sorted=False).indices  # (r, k) block numbers
+    kept_rows = blocks.reshape(r * nb, b).index_select(0, (kept + first * nb).flatten())  # (r * k, b)
+    subs = kept_rows.view(r, k * ns, sub)
+    kept_sub = torch.topk(subs.amax(-1), k, dim=-1, sorted=False).indices  # (r, k) sub-blocks of the kept blocks
+    cand = subs.reshape(r * k * ns, sub).index_select(0, (kept_sub + first * (k * ns)).flatten()).view(r, k * sub)
+    tail = vocab - nb * b
+    if tail:
+        cand = torch.cat([cand, x[:, nb * b :]], 1)
+    vals, pos = torch.topk(cand, k, dim=-1, sorted=True)
+    which = kept_sub.gather(1, (pos // sub).clamp(max=k - 1))  # the sub-block each value came from
+    idx = kept.gather(1, which // ns) * b + (which % ns) * sub + pos % sub
+    if tail:
+        idx = torch.where(pos < k * sub, idx, pos - k * sub + nb * b)
+    return vals, idx
 
 
 def _top_values(x: torch.Tensor, m: int, with_lse: bool = False):
     """The m + 1 largest entries of rows x (r, V), sorted descending (values, indices of the first m, and
-    torch.logsumexp(x.float(), -1) when with_lse, else None).
-
-    Values equal torch.topk(x, m + 1)'s bit for bit. A row is cut into V // _SELECT_BLOCK strided blocks
-    (column c of the row viewed as _SELECT_BLOCK x V // _SELECT_BLOCK) plus a ragged tail; any entry outside the
-    m + 1 blocks with the largest maxima is matched or exceeded by those m + 1 maxima, so a top-k over the
-    gathered blocks and the tail stands for a top-k over the whole row. Only the order of equal values may
-    differ. Rows go in cache-sized groups so that the logsumexp reads them from cache, not memory, a second
-    time. Requires _prefilter_applies(V, m).
+    torch.logsumexp(x.float(), -1) when with_lse, else None), through _select in row groups of bounded size.
+    Values equal torch.topk(x, m + 1)'s bit for bit. Requires _prefilter_applies(V, m).
     """
     rows, vocab = x.shape
-    b = _SELECT_BLOCK
-    nb = vocab // b
-    width = b * (m + 1)
     vals = torch.empty(rows, m + 1, dtype=x.dtype, device=x.device)
-    pos = torch.empty(rows, m + 1, dtype=torch.long, device=x.device)
-    chosen = torch.empty(rows, m + 1, dtype=torch.long, device=x.device)
-    group = _group_rows(vocab)
-    if with_lse:
-        total = torch.empty(rows, dtype=torch.float32, device=x.device)
-        scratch = torch.zeros(min(group, max(rows, 2)), vocab, dtype=torch.float32, device=x.device)
-    for s in range(0, rows, group):
-        xs = x[s : s + group]
-        blocks = xs[:, : nb * b].unflatten(1, (b, nb))  # strided blocks: their maxima are one vectorised pass
-        chosen[s : s + group] = torch.topk(blocks.amax(1), m + 1, dim=-1, sorted=False).indices
-        cand = blocks.gather(2, chosen[s : s + group].unsqueeze(1).expand(-1, b, -1)).flatten(1)  # (k, width)
-        if nb * b < vocab:
-            cand = torch.cat([cand, xs[:, nb * b :]], 1)
-        torch.topk(cand, m + 1, dim=-1, sorted=True, out=(vals[s : s + group], pos[s : s + group]))
-        if with_lse:
-            total[s : s + group] = _shifted_exp_sum(xs, _lse_shift(vals[s : s + group, 0]), scratch)
-    p = pos[:, :m]
-    idx = (p // (m + 1)).clamp(max=b - 1) * nb + chosen.gather(1, p % (m + 1))
-    if nb * b < vocab:
-        idx = torch.where(p < width, idx, p - width + nb * b)
-    lse = total.log_().add_(_lse_shift(vals[:, 0]).squeeze(-1)) if with_lse else None
-    return vals, idx, lse
+    idx = torch.empty(rows, m + 1, dtype=torch.long, device=x.device)
+    step = max(1, _SELECT_ELEMS // vocab)
+    for s in range(0, rows, step):
+        vals[s : s + step], idx[s : s + step] = _select(x[s : s + step], m + 1)
+    return vals, idx[:, :m], _logsumexp_rows(x, vals[:, 0]) if with_lse else None
 
 
 def _largest(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -249,24 +262,37 @@ def _group_terms(x: torch.Tensor, mode: str, top_k, top_p, m: int, need_grad: bo
 
 
 def _candidate_terms(x: torch.Tensor, mode: str, top_k, top_p, max_candidates: int, need_grad: bool):
-    """For TOP_K_ENTROPY / NUCLEUS_ENTROPY rows x: (entropy, candidate indices, d entropy / d candidate logit or None)."""
-    rows, vocab = x.shape
-    m = top_k if mode == TOP_K_ENTROPY else min(max_candidates, vocab)
-    if not x.is_cpu:  # the pre-filter and the row groups are tuned on CPU; elsewhere one torch.topk per chunk
-        return _group_terms(x, mode, top_k, top_p, m, need_grad, plain=True)
-    plain = not _prefilter_applies(vocab, m)
-    step = max(1, _BLOCK_ELEMS // vocab)
-    if rows <= step:
-        return _group_terms(x, mode, top_k, top_p, m, need_grad, plain)
-    h = torch.empty(rows, dtype=torch.float32, device=x.device)
-    idx = torch.empty(rows, m, dtype=torch.long, device=x.device)
-    dz = torch.empty(rows, m, dtype=torch.float32, device=x.device) if need_grad else None
-    for s in range(0, rows, step):
-        gh, gi, gd = _group_terms(x[s : s + step], mode, top_k, top_p, m, need_grad, plain)
-        h[s : s + step], idx[s : s + step] = gh, gi
-        if need_grad:
-            dz[s : s + step] = gd
-    return h, idx, dz
+    """For TOP_K_ENTROPY / NUCLEUS_ENTROPY rows x: (entropy, candidate indices, d entropy / d candidate logit or None).
+
+    One call for all rows: the full-vocabulary work already goes in cache-sized row groups (_top_values,
+    _logsumexp_rows), and what is left is O(rows x M). The pre-filter and the row groups are tuned on CPU;
+    elsewhere the candidates come from one torch.topk.
+    """
+    m = top_k if mode == TOP_K_ENTROPY else min(max_candidates, x.shape[-1])
+    plain = not (x.is_cpu and _prefilter_applies(x.shape[-1], m))
+    return _group_terms(x, mode, top_k, top_p, m, need_grad, plain)
+
+
+def _zeros(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.zeros(shape, dtype, device); on Linux CPU a large one comes from a fresh anonymous mapping advised
+    for transparent huge pages.
+
+    Writing a fresh N x V gradient is most of a backward pass on CPU, and most of that is page faults: torch's
+    allocator hands out 4 KiB pages, each faulted in and zeroed by the kernel, then zeroed again by torch.zeros.
+    The mapping's pages come zeroed from the kernel 2 MiB at a time (512x fewer faults) and are not written
+    again. Values are torch.zeros'; the tensor frees its mapping when it dies. Where huge pages are off, the
+    mapping still skips the second zeroing.
+    """
+    nbytes = math.prod(shape) * dtype.itemsize
+    if device.type != "cpu" or nbytes < _HUGE_ALLOC_MIN or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.zeros(shape, dtype=dtype, device=device)
+    buf = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    start = -torch.frombuffer(buf, dtype=torch.uint8, count=1).data_ptr() % _HUGE_PAGE  # the first 2 MiB boundary
+    try:
+        buf.madvise(mmap.MADV_HUGEPAGE, start, nbytes)
+    except OSError:  # a kernel without transparent huge pages: plain pages, still zeroed once
+        pass
+    return torch.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=start).view(shape)
 
 
 class _TRE(torch.autograd.Function):
@@ -307,17 +333,17 @@ class _TRE(torch.autograd.Function):
         saved = ctx.saved_tensors  # unpack once: non-reentrant checkpointing allows a single unpack
         if len(saved) == 2:
             idx, dz = saved
-            grad = torch.zeros(ctx.shape, dtype=ctx.in_dtype, device=idx.device)
+            grad = _zeros(ctx.shape, ctx.in_dtype, idx.device)
             grad.scatter_(-1, idx, (dz * g).to(ctx.in_dtype))
             return grad, None, None, None, None
         (logits,) = saved
         if ctx.mode in (FULL_ENTROPY, MIN_ENTROPY):
             row_grad = _full_grad_rows if ctx.mode == FULL_ENTROPY else _neg_log_pmax_grad_rows
-            grad = torch.empty_like(logits)
+            grad = _zeros(logits.shape, logits.dtype, logits.device)
             for s in range(0, logits.shape[0], ctx.chunk):
                 grad[s : s + ctx.chunk] = _blockwise(logits[s : s + ctx.chunk], row_grad).mul_(g[s : s + ctx.chunk]).to(logits.dtype)
             return grad, None, None, None, None
-        grad = torch.zeros_like(logits)
+        grad = _zeros(logits.shape, logits.dtype, logits.device)
         for s in range(0, logits.shape[0], ctx.chunk):
             _, idx, dz = _candidate_terms(logits[s : s + ctx.chunk], ctx.mode, *ctx.params, need_grad=True)
             grad[s : s + ctx.chunk].scatter_(-1, idx, (dz * g[s : s + ctx.chunk]).to(logits.dtype))
