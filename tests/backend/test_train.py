@@ -18,6 +18,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -443,3 +444,27 @@ def test_rerun_after_the_final_checkpoint_trains_no_extra_step(resume_runs):
     assert {k: v for k, v in summary.items() if k not in ("wall_time_s", "launches")} == \
         {k: v for k, v in r["summary"].items() if k not in ("wall_time_s", "launches")}
     assert summary["launches"] == 4 and r["stray_at_end"] == []
+
+
+def test_prompts_longer_than_the_budget_are_one_error_line(tiny_model, countdown_data, tmp_path):
+    # verl drops every prompt over data.max_prompt_length and asserts "Train dataloader is empty!" in a Ray worker
+    proc = subprocess.run(_cmd("ppo", tmp_path / "run", tiny_model, countdown_data, "data.max_prompt_length=8"),
+                          capture_output=True, text=True, timeout=300, env=_env(f"short-{uuid.uuid4().hex[:8]}"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"error: data.max_prompt_length: none of the 48 prompts of {countdown_data / 'train.parquet'} fits in 8 "
+                    "tokens with the chat template (verl drops longer prompts); raise it (data.max_prompt_length=N) or give shorter prompts")
+    assert "Traceback" not in proc.stderr
+    assert [x["status"] for x in rundir.read_launches(tmp_path / "run")] == ["failed"]
+
+
+def test_fewer_fitting_prompts_than_a_batch_names_the_batch_size(tiny_model, countdown_data, tmp_path):
+    from tre.backend.launch import empty_data_error, prepare
+    from tre.backend.profiles import RunSpec
+
+    spec = RunSpec("countdown", "tiny", "ppo", profile="tiny", model_path=str(tiny_model), data_dir=str(countdown_data),
+                   run_dir=str(tmp_path / "run"), extra=("data.train_batch_size=64",))
+    assert str(empty_data_error(prepare(spec)[1])) == (
+        f"data.train_batch_size: 48 of the 48 prompts of {countdown_data / 'train.parquet'} fit in "
+        "data.max_prompt_length=144 tokens, fewer than one batch of 64; lower data.train_batch_size or give more prompts")
+    assert empty_data_error(prepare(dataclasses.replace(spec, extra=()))[1]) is None  # the tiny profile's data fits

@@ -79,6 +79,40 @@ def preflight(resolved: dict[str, Any], spec: RunSpec) -> None:
         raise SpecError("actor_rollout_ref.model.use_fused_kernels: must be False for TRE and Forking-Tokens methods, got True")
 
 
+def empty_data_error(config) -> Optional[SpecError]:
+    """The one-line error when no batch survives verl's prompt filter, else None; asked after a launch failed
+    before its first step (verl then fails in a Ray worker: an empty sampler or dataloader).
+
+    verl drops every prompt longer than data.max_prompt_length (after the chat template) and the training set's
+    last incomplete batch. The counts come from verl's own dataset with its own filter.
+    """
+    import contextlib
+    import io
+
+    import datasets
+    from common.files import parquet_metadata
+    from verl.trainer.main_ppo import create_rl_dataset
+    from verl.utils import hf_tokenizer
+
+    data = config.data
+    datasets.disable_progress_bars()
+    with contextlib.redirect_stdout(io.StringIO()):  # verl prints the dataset lengths
+        tokenizer = hf_tokenizer(os.path.expanduser(config.actor_rollout_ref.model.path))
+    for key, needed in (("train_files", data.train_batch_size), ("val_files", 1)):
+        files = [data[key]] if isinstance(data[key], str) else list(data[key])
+        with contextlib.redirect_stdout(io.StringIO()):
+            kept = len(create_rl_dataset(files, data, tokenizer, None))
+        if kept >= needed:
+            continue
+        where = f"{sum(parquet_metadata(os.path.expanduser(f), f'data.{key}').num_rows for f in files)} prompts of {', '.join(files)}"
+        if kept:
+            return SpecError(f"data.train_batch_size: {kept} of the {where} fit in data.max_prompt_length={data.max_prompt_length} "
+                             f"tokens, fewer than one batch of {needed}; lower data.train_batch_size or give more prompts")
+        return SpecError(f"data.max_prompt_length: none of the {where} fits in {data.max_prompt_length} tokens with the chat "
+                         "template (verl drops longer prompts); raise it (data.max_prompt_length=N) or give shorter prompts")
+    return None
+
+
 def resume_step(resolved: dict[str, Any]) -> int:
     """The step this launch will resume from (0 = fresh), mirroring verl's resume_mode rules."""
     trainer = resolved["trainer"]
@@ -150,8 +184,12 @@ def train(spec: RunSpec, *, log=print) -> int:
         with ray_session(env=worker_env(run_dir, spec)) as session:
             run_ppo(config)
         status = "completed"
-    except BaseException:
+    except BaseException as exc:
         if session is None or session.signum is None:
+            trained = [r for r in rundir.read_metrics(Path(run_dir) / rundir.METRICS) if r.get("step", 0) > start]
+            explained = None if trained or not isinstance(exc, Exception) else empty_data_error(config)
+            if explained is not None:
+                raise explained from None
             raise
     finally:
         beating.set()
