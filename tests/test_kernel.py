@@ -243,7 +243,7 @@ def _mixed_rows(vocab: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
 def test_prefiltered_top_values_equal_torch_topk_bit_for_bit(vocab, m, dtype, monkeypatch):
     x = _mixed_rows(vocab, dtype, seed=vocab + m)
     monkeypatch.setattr(kernel, "_CACHE_ELEMS", 11 * vocab)  # logsumexp row groups of 11 and 1
-    monkeypatch.setattr(kernel, "_SELECT_ELEMS", 5 * vocab)  # selection row groups of 5, 5 and 2
+    monkeypatch.setattr(kernel, "_SELECT_ELEMS", 5 * vocab)  # selection row groups of 5, 5 and 2 (bf16: of 1)
     assert kernel._prefilter_applies(vocab, m)
     vals, idx, lse = kernel._top_values(x, m, with_lse=True)
     assert torch.equal(vals, torch.topk(x, m + 1, dim=-1).values)
@@ -293,6 +293,17 @@ def test_huge_page_gradient_changes_no_bit(kw, dtype, monkeypatch):
     huge = grad()
     assert huge.untyped_storage().data_ptr() % kernel._HUGE_PAGE == 0  # the mapping was used, aligned
     assert huge.dtype == plain.dtype and huge.shape == plain.shape and torch.equal(huge, plain)
+
+
+@pytest.mark.parametrize("kw", [{"top_k": 2}, {"top_p": 0.9, "max_candidates": 40}])
+def test_half_precision_backward_holds_no_full_size_temporary(kw):
+    # torch's CPU scatter_ into a bf16 tensor converts the whole tensor to fp32 and back: an N x V fp32 temporary
+    bench = _benchmark_module()
+    base = _mixed_rows(4099, torch.bfloat16, seed=6).repeat(4, 1)
+    x = base.clone().requires_grad_(True)
+    out = tre(x, **kw).sum()
+    peak, _, _ = bench._phase_peak(lambda: out.backward(), x.device)
+    assert peak - base.numel() * 2 < base.numel() * 2, peak  # the bf16 gradient (torch.zeros here) and small change
 
 
 def test_huge_page_zeros_are_zero_and_unmapped_when_freed():

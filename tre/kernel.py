@@ -43,10 +43,13 @@ _BLOCK_ELEMS = 1 << 22
 # Elements per row group of the CPU logsumexp: small enough that the exp and the sum read the group from cache.
 _CACHE_ELEMS = 1 << 20
 # The CPU top-k selection (_select): entries per block and per sub-block whose maxima pre-filter it (32 and 4
-# measured fastest at V = 151936), and logits per row group (bounds its scratch: ~1/40 of the group).
+# measured fastest at V = 151936), and logits per row group (a quarter of it for 2-byte floats, whose groups are
+# selected in an fp32 copy: 16 MiB, which stays in cache).
 _SELECT_BLOCK = 32
 _SELECT_SUB = 4
 _SELECT_ELEMS = 1 << 24
+# 2-byte floats: selected in fp32 (torch reduces a short innermost axis of these slowly) and scattered as int16.
+_HALF = (torch.bfloat16, torch.float16)
 # CPU gradients of at least this many bytes are allocated on transparent huge pages of this size (_zeros).
 _HUGE_ALLOC_MIN = 1 << 22
 _HUGE_PAGE = 1 << 21
@@ -184,7 +187,9 @@ def _select(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     r, vocab = x.shape
     b, sub = _SELECT_BLOCK, _SELECT_SUB
     nb, ns = vocab // b, _SELECT_BLOCK // _SELECT_SUB
-    blocks = x[:, : nb * b].reshape(r, nb, b)
+    half = x.dtype in _HALF
+    main = x[:, : nb * b]
+    blocks = (main.float() if half else main).reshape(r, nb, b)  # a copy only for 2-byte floats or a ragged tail
     first = torch.arange(r, device=x.device).unsqueeze(1)  # each row's first block / sub-block, in block units
     kept = torch.topk(blocks.amax(-1), k, dim=-1, sorted=False).indices  # (r, k) block numbers
     kept_rows = blocks.reshape(r * nb, b).index_select(0, (kept + first * nb).flatten())  # (r * k, b)
@@ -193,13 +198,13 @@ def _select(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     cand = subs.reshape(r * k * ns, sub).index_select(0, (kept_sub + first * (k * ns)).flatten()).view(r, k * sub)
     tail = vocab - nb * b
     if tail:
-        cand = torch.cat([cand, x[:, nb * b :]], 1)
+        cand = torch.cat([cand, x[:, nb * b :].to(cand.dtype)], 1)
     vals, pos = torch.topk(cand, k, dim=-1, sorted=True)
     which = kept_sub.gather(1, (pos // sub).clamp(max=k - 1))  # the sub-block each value came from
     idx = kept.gather(1, which // ns) * b + (which % ns) * sub + pos % sub
     if tail:
         idx = torch.where(pos < k * sub, idx, pos - k * sub + nb * b)
-    return vals, idx
+    return vals.to(x.dtype), idx  # exact: every 2-byte float is an fp32
 
 
 def _top_values(x: torch.Tensor, m: int, with_lse: bool = False):
@@ -210,7 +215,7 @@ def _top_values(x: torch.Tensor, m: int, with_lse: bool = False):
     rows, vocab = x.shape
     vals = torch.empty(rows, m + 1, dtype=x.dtype, device=x.device)
     idx = torch.empty(rows, m + 1, dtype=torch.long, device=x.device)
-    step = max(1, _SELECT_ELEMS // vocab)
+    step = max(1, (_SELECT_ELEMS // 4 if x.dtype in _HALF else _SELECT_ELEMS) // vocab)
     for s in range(0, rows, step):
         vals[s : s + step], idx[s : s + step] = _select(x[s : s + step], m + 1)
     return vals, idx[:, :m], _logsumexp_rows(x, vals[:, 0]) if with_lse else None
@@ -271,6 +276,17 @@ def _candidate_terms(x: torch.Tensor, mode: str, top_k, top_p, max_candidates: i
     m = top_k if mode == TOP_K_ENTROPY else min(max_candidates, x.shape[-1])
     plain = not (x.is_cpu and _prefilter_applies(x.shape[-1], m))
     return _group_terms(x, mode, top_k, top_p, m, need_grad, plain)
+
+
+def _scatter(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> None:
+    """dst.scatter_(-1, idx, src.to(dst.dtype)) bit for bit. A 2-byte float destination is written through an int16
+    view: torch's CPU scatter_ converts a whole bf16/fp16 destination to fp32 and back (an N x V fp32 temporary,
+    120 ms at 512 x 151,936), where only the copied entries change."""
+    src = src.to(dst.dtype)
+    if dst.dtype in _HALF:
+        dst.view(torch.int16).scatter_(-1, idx, src.view(torch.int16))
+    else:
+        dst.scatter_(-1, idx, src)
 
 
 def _zeros(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -334,7 +350,7 @@ class _TRE(torch.autograd.Function):
         if len(saved) == 2:
             idx, dz = saved
             grad = _zeros(ctx.shape, ctx.in_dtype, idx.device)
-            grad.scatter_(-1, idx, (dz * g).to(ctx.in_dtype))
+            _scatter(grad, idx, dz * g)
             return grad, None, None, None, None
         (logits,) = saved
         if ctx.mode in (FULL_ENTROPY, MIN_ENTROPY):
@@ -346,7 +362,7 @@ class _TRE(torch.autograd.Function):
         grad = _zeros(logits.shape, logits.dtype, logits.device)
         for s in range(0, logits.shape[0], ctx.chunk):
             _, idx, dz = _candidate_terms(logits[s : s + ctx.chunk], ctx.mode, *ctx.params, need_grad=True)
-            grad[s : s + ctx.chunk].scatter_(-1, idx, (dz * g[s : s + ctx.chunk]).to(logits.dtype))
+            _scatter(grad[s : s + ctx.chunk], idx, dz * g[s : s + ctx.chunk])
         return grad, None, None, None, None
 
 
