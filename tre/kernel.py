@@ -133,38 +133,22 @@ def _neg_log_pmax_grad_rows(z: torch.Tensor) -> torch.Tensor:
     return p.scatter_add(-1, z.argmax(-1, keepdim=True), torch.full((z.shape[0], 1), -1.0, dtype=z.dtype, device=z.device))
 
 
-def _shifted_exp_sum(x: torch.Tensor, shift: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """sum(exp(x.float() - shift), -1) for a few rows x, as torch.logsumexp computes it; scratch: (>= 2, V) fp32."""
-    k = x.shape[0]
-    buf = scratch[:k]
-    if x.dtype == torch.float32:
-        torch.sub(x, shift, out=buf)
-    else:
-        buf.copy_(x).sub_(shift)
-    buf.exp_()
-    # never a one-row sum: that one is split across threads and rounds differently from a row of a batch
-    return scratch[: max(k, 2)].sum(-1)[:k]
-
-
-def _lse_shift(row_max: torch.Tensor) -> torch.Tensor:
-    """The shift torch.logsumexp subtracts: the row maximum, 0 where it is infinite."""
-    return row_max.float().masked_fill(row_max.abs() == math.inf, 0.0).unsqueeze(-1)
-
-
-def _group_rows(vocab: int) -> int:
-    """Rows per cache-sized group (at least 2, see _shifted_exp_sum)."""
-    return max(2, _CACHE_ELEMS // vocab)
-
-
 def _logsumexp_rows(x: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
     """torch.logsumexp(x.float(), -1) bit for bit, given each row's maximum, through a cache-sized fp32 scratch."""
     rows, vocab = x.shape
-    group = _group_rows(vocab)
-    shift = _lse_shift(row_max)
+    # rows per cache-sized group, and never a one-row sum: that one is split across threads and rounds differently
+    group = max(2, _CACHE_ELEMS // vocab)
+    shift = row_max.float().masked_fill(row_max.abs() == math.inf, 0.0).unsqueeze(-1)  # torch.logsumexp's shift
     scratch = torch.zeros(min(group, max(rows, 2)), vocab, dtype=torch.float32, device=x.device)
     total = torch.empty(rows, dtype=torch.float32, device=x.device)
     for s in range(0, rows, group):
-        total[s : s + group] = _shifted_exp_sum(x[s : s + group], shift[s : s + group], scratch)
+        k = min(group, rows - s)
+        if x.dtype == torch.float32:
+            torch.sub(x[s : s + k], shift[s : s + k], out=scratch[:k])
+        else:
+            scratch[:k].copy_(x[s : s + k]).sub_(shift[s : s + k])
+        scratch[:k].exp_()
+        total[s : s + k] = scratch[: max(k, 2)].sum(-1)[:k]
     return total.log_().add_(shift.squeeze(-1))
 
 

@@ -96,11 +96,10 @@ def empty_data_error(config) -> Optional[SpecError]:
 
     data = config.data
     datasets.disable_progress_bars()
-    with contextlib.redirect_stdout(io.StringIO()):  # verl prints the dataset lengths
-        tokenizer = hf_tokenizer(os.path.expanduser(config.actor_rollout_ref.model.path))
+    tokenizer = hf_tokenizer(os.path.expanduser(config.actor_rollout_ref.model.path))
     for key, needed in (("train_files", data.train_batch_size), ("val_files", 1)):
         files = [data[key]] if isinstance(data[key], str) else list(data[key])
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()):  # verl prints the dataset lengths
             kept = len(create_rl_dataset(files, data, tokenizer, None))
         if kept >= needed:
             continue
@@ -186,7 +185,7 @@ def train(spec: RunSpec, *, log=print) -> int:
         status = "completed"
     except BaseException as exc:
         if session is None or session.signum is None:
-            trained = [r for r in rundir.read_metrics(Path(run_dir) / rundir.METRICS) if r.get("step", 0) > start]
+            trained = any(r["step"] > start for r in rundir.read_metrics(Path(run_dir) / rundir.METRICS))
             explained = None if trained or not isinstance(exc, Exception) else empty_data_error(config)
             if explained is not None:
                 raise explained from None
