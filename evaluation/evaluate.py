@@ -165,6 +165,9 @@ def generate(model_dir: str, examples: Sequence[Example], n: int, max_new_tokens
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from common.sampling import install as exact_fast_top_p
+
+    exact_fast_top_p()
     try:
         tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")

@@ -1,4 +1,4 @@
-"""Run verl 0.4.1 without a GPU: four runtime shims installed in every Ray worker, and the Ray launcher.
+"""Run verl 0.4.1 without a GPU: runtime shims installed in every Ray worker, and the Ray launcher.
 
 Two compatibility shims run everywhere (apply_compat_shims): verl 0.4.1 predates TRL 1.x and transformers 4.56+.
 
@@ -6,7 +6,8 @@ The shims (docs/fidelity.md, "Deviations") only run when CUDA is absent; nothing
   A. gloo instead of NCCL (verl builds "cpu:gloo,cpu:<nccl>" for init_process_group);
   B. sdpa instead of the hard-coded flash_attention_2;
   C. the torch.cuda-only memory/RNG functions verl calls on `torch.cpu`;
-  D. `BaseShardingManager.timing`, which the HF rollout path reads but never sets.
+  D. `BaseShardingManager.timing`, which the HF rollout path reads but never sets;
+  E. transformers' top-p filter without its vocabulary sort (common.sampling), for speed: its output is the same bits.
 `worker_setup` is Ray's `worker_process_setup_hook`: it runs at the start of every worker process, before verl
 builds its workers (too early for `external_lib`, which is imported in `init_model`).
 """
@@ -211,8 +212,10 @@ def apply_compat_shims() -> None:
 
 
 def apply_cpu_shims() -> bool:
-    """Install shims A-D when CUDA is absent; returns whether they were installed."""
+    """Install shims A-E when CUDA is absent; returns whether they were installed."""
     import torch
+
+    from common.sampling import install as exact_fast_top_p
 
     if torch.cuda.is_available():
         return False
@@ -220,6 +223,7 @@ def apply_cpu_shims() -> bool:
     _shim_distributed()
     _shim_attention()
     _shim_sharding_manager()
+    exact_fast_top_p()
     return True
 
 

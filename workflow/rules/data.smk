@@ -41,7 +41,9 @@ rule warm_start:
         directory(wfc.warm_start_model("{task}")),
     params:
         spec=lambda wc: json.dumps(wfc.warm_start_settings(config, wc.task), sort_keys=True),
-    threads: 2
+    # One thread: a second made a warm start only 1.3-1.5x faster for 1.7 cores, while the first task's PPO runs could
+    # use that core; the models are the same bits with 1 or 2 (all three tasks' compared)
+    threads: 1
     log:
         "logs/warm_start/{task}.log",
     run:
