@@ -14,6 +14,7 @@ from figures import ARTEFACTS
 from tre.grid import METHODS, SIZES, TASKS
 from workflow import config as wfc
 from workflow.launcher.cluster import resolve_cluster
+from workflow.launcher.tokens import ensure_launch_token, reward_token
 
 _resolved = wfc.load_or_exit(config)
 config.clear()
@@ -23,6 +24,10 @@ PY = sys.executable
 RUNS = list(wfc.runs(config))
 CLUSTER = resolve_cluster(config["launcher"]["cluster"])
 config["launcher"]["cluster"] = CLUSTER  # decided once per workflow run, not again by each launcher
+if CLUSTER == "local":
+    # one launch secret for the whole run (the jobs inherit it), so that its local HH steps share one reward server
+    # per model (evaluation.reward_model.lifecycle.shared_server), stopped when the run ends
+    ensure_launch_token()
 ARCHIVE_ONLY = config.get("archive_only", False)
 TABLES = ["results/metrics.csv", "results/runs.csv", "results/eval.csv"]
 FIGURES = [path for name in config["figures"] for path in wfc.artefact_outputs(name)]

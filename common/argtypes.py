@@ -59,6 +59,11 @@ def open_fraction(text: str) -> float:
     return _number_in(text, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
 
 
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    return _number_in(text, lambda v: 0 < v < math.inf, "a number of seconds > 0")
+
+
 def fraction(text: str) -> float:
     """argparse type: a float in [0, 1)."""
     return _number_in(text, lambda v: 0 <= v < 1, "a number in [0, 1)")

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from common.argtypes import Parser, int_at_least, open_fraction, output_dir, port
+from common.argtypes import Parser, int_at_least, open_fraction, output_dir, port, positive_seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--cpu-threads", type=int_at_least(1), default=1,
                     help="torch threads of a CPU replica (default 1: it shares the cores with the training run)")
     sv.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info")
+    sv.add_argument("--idle-exit-s", type=positive_seconds, default=None,
+                    help="exit once no request has come for this many seconds (default: serve until stopped)")
     return parser
 
 
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_request=args.max_request,
               max_body_mb=args.max_body_mb, device=args.device, dtype=args.dtype, cpu_threads=args.cpu_threads,
-              log_level=args.log_level, token=os.environ.get(TOKEN_ENV) or None)
+              log_level=args.log_level, token=os.environ.get(TOKEN_ENV) or None, idle_exit_s=args.idle_exit_s)
     except ValueError as err:
         parser.exit(2, f"{parser.prog} serve: error: {err}\n")
     return 0

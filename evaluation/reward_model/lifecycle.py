@@ -1,23 +1,35 @@
 """The reward server as a child process: start `python -m evaluation.reward_model serve`, wait for GET /health, hand
-out its /predict URL and token (as the HH reward client's environment), stop it."""
+out its /predict URL and token (as the HH reward client's environment), stop it.
+
+`shared_server` is the same server shared by the steps of one machine (the local launcher's HH training and
+evaluation steps): the first step starts it, the next ones find it, and it exits on its own once idle."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+from common.files import atomic_write_text
 from common.processes import free_port, terminate_group
 from evaluation.tasks.hh import TOKEN_ENV, URL_ENV
 
 READY_TIMEOUT_S = 900.0  # loading a 7B reward model onto its GPUs
 STOP_GRACE_S = 10.0
+SHARED_IDLE_EXIT_S = 300.0  # a shared server exits after this long without a request ...
+KEEPALIVE_S = 30.0  # ... and each step using it asks GET /health this often
 
 
 class ServerNotReady(RuntimeError):
@@ -74,8 +86,7 @@ def running_server(model: str, log_path: Path, *, host: str = "127.0.0.1", port:
     The token reaches the server through its environment, never argv (ps shows argv); `env` defaults to this
     process's. `args` are more `serve` flags. A server that exits or is not ready in time raises ServerNotReady."""
     port = free_port() if port is None else port
-    argv = [sys.executable, "-m", "evaluation.reward_model", "serve", "--model", model, "--host", host,
-            "--port", str(port), *args]
+    argv = _serve_argv(model, host, port, args)
     child_env = {**(env if env is not None else os.environ), **client_env(token=token)}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -91,3 +102,162 @@ def running_server(model: str, log_path: Path, *, host: str = "127.0.0.1", port:
         yield server
     finally:
         server.stop()
+
+
+def _serve_argv(model: str, host: str, port: int, args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "evaluation.reward_model", "serve", "--model", model, "--host", host,
+            "--port", str(port), *args]
+
+
+def shared_state_path(model: str) -> Path:
+    """Where this machine's shared server of `model` is recorded: per user and model directory, in the temp dir."""
+    key = hashlib.sha256(os.path.abspath(model).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"tre-reward-server-{os.getuid()}-{key}.json"
+
+
+def _stamp(model: str) -> list[list[Any]]:
+    """The model directory's files with their sizes and times: a retrained model is another model."""
+    root = Path(model)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return [[str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _token_id(token: Optional[str]) -> str:
+    """Names a token without revealing it (a state file never holds the token)."""
+    return hashlib.sha256(b"tre-shared-reward-server:" + (token or "").encode()).hexdigest()
+
+
+def _health(url: str) -> Optional[dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url.removesuffix("/predict") + "/health", timeout=2) as r:
+            return json.loads(r.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+        return None
+
+
+def _read_state(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # none, or a torn/foreign file: start afresh
+    return state if isinstance(state, dict) and {"pid", "url", "model", "stamp", "token_id"} <= state.keys() else None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # this process started it: reaped now
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _stop_pid(pid: int, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the process group a shared server leads (usually not our child), SIGKILL it after grace_s."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + wait_s
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _ours(state: Optional[dict[str, Any]], model: str, token: Optional[str]) -> bool:
+    """Whether a recorded server answers for the model directory `model` (absolute; its files may have changed
+    since) and `token`'s holders."""
+    if state is None or state["token_id"] != _token_id(token) or state["model"] != model:
+        return False
+    health = _health(state["url"])
+    return health is not None and health.get("model") == model
+
+
+class SharedServer(RunningServer):
+    """A shared server as one step sees it: stop() ends this step's keep-alive, never the server."""
+
+    def __init__(self, url: str, token: Optional[str], log_path: Path, pid: int, started: bool) -> None:
+        super().__init__(None, url, token, log_path)  # type: ignore[arg-type]
+        self.pid, self.started = pid, started
+        self._done = threading.Event()
+        threading.Thread(target=self._keepalive, name="reward-server-keepalive", daemon=True).start()
+
+    def _keepalive(self) -> None:
+        while not self._done.wait(KEEPALIVE_S):
+            _health(self.url)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        self._done.set()
+
+
+@contextlib.contextmanager
+def shared_server(model: str, log_path: Path, *, token: Optional[str] = None, args: Sequence[str] = (),
+                  cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
+                  idle_exit_s: float = SHARED_IDLE_EXIT_S, ready_timeout_s: float = READY_TIMEOUT_S,
+                  preexec_fn: Optional[Callable[[], None]] = None) -> Iterator[SharedServer]:
+    """A loopback server of `model` shared by this machine's steps that hold the same token.
+
+    Under a lock on its state file (shared_state_path), a recorded server that answers for the same model files and
+    token is reused; otherwise a new one starts, detached, with --idle-exit-s, and is recorded (an older server of
+    this token, for a model since retrained, is stopped first). The block keeps the server alive (GET /health every
+    KEEPALIVE_S); leaving it does not stop the server: it exits once idle_exit_s pass without a request, or with
+    stop_shared_server. Its output goes to the log of the step that started it. A server that fails to start raises
+    ServerNotReady, as running_server does."""
+    model = os.path.abspath(os.path.join(cwd or os.getcwd(), model))
+    state_path = shared_state_path(model)
+    with _locked(state_path.with_suffix(".lock")):
+        state = _read_state(state_path)
+        if _ours(state, model, token) and state["stamp"] == _stamp(model):
+            server = SharedServer(state["url"], token, Path(state["log"]), state["pid"], started=False)
+        else:
+            if _ours(state, model, token):
+                _stop_pid(state["pid"])
+            port = free_port()
+            argv = _serve_argv(model, "127.0.0.1", port, [*args, "--idle-exit-s", str(idle_exit_s)])
+            child_env = {**(env if env is not None else os.environ), **client_env(token=token)}
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
+                                        start_new_session=True, preexec_fn=preexec_fn)
+            url = f"http://127.0.0.1:{port}/predict"
+            try:
+                wait_http_ok(url.removesuffix("/predict") + "/health", ready_timeout_s, alive=lambda: proc.poll() is None)
+            except ServerNotReady as e:
+                terminate_group(proc, STOP_GRACE_S)
+                raise ServerNotReady(f"{e}; log: {log_path}") from None
+            record = {"pid": proc.pid, "url": url, "model": model, "stamp": _stamp(model),
+                      "token_id": _token_id(token), "log": str(log_path)}
+            atomic_write_text(state_path, json.dumps(record) + "\n", private=True)
+            proc.returncode = 0  # detached on purpose: no "still running" warning when this Popen is collected
+            server = SharedServer(url, token, log_path, proc.pid, started=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def stop_shared_server(model: str, token: Optional[str]) -> bool:
+    """Stop this machine's shared server of `model` if it serves `token`'s holders; whether one was stopped."""
+    model = os.path.abspath(model)
+    state_path = shared_state_path(model)
+    with _locked(state_path.with_suffix(".lock")):
+        state = _read_state(state_path)
+        if not _ours(state, model, token):
+            return False
+        _stop_pid(state["pid"])
+        state_path.unlink(missing_ok=True)
+        return True

@@ -290,6 +290,39 @@ def serving_in_thread(app: Any, ready_timeout_s: float = 30.0) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+class IdleExit:
+    """ASGI wrapper that stops a uvicorn server once no HTTP request has been open for `idle_s` seconds (a request
+    of any kind, /health included, counts while it runs and restarts the clock when it ends)."""
+
+    def __init__(self, app: Any, idle_s: float) -> None:
+        self.app, self.idle_s = app, idle_s
+        self.active, self.last = 0, time.monotonic()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            self.last = time.monotonic()
+
+    def watch(self, server: Any) -> threading.Thread:
+        """A daemon thread that sets server.should_exit once the server has been idle for idle_s."""
+
+        def run() -> None:
+            while not server.should_exit:
+                time.sleep(min(1.0, self.idle_s / 4))
+                if self.active == 0 and time.monotonic() - self.last >= self.idle_s:
+                    print(f"idle for {self.idle_s:g} s: exiting", file=sys.stderr, flush=True)
+                    server.should_exit = True
+
+        thread = threading.Thread(target=run, name="idle-exit", daemon=True)
+        thread.start()
+        return thread
+
+
 def is_loopback(host: str) -> bool:
     """Whether a bind address is reachable from this machine only."""
     if host == "localhost":
@@ -303,8 +336,9 @@ def is_loopback(host: str) -> bool:
 def serve(model: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, max_batch: int = DEFAULT_MAX_BATCH,
           max_request: int = DEFAULT_MAX_REQUEST, max_body_mb: int = DEFAULT_MAX_BODY_MB, device: str = "auto",
           dtype: str | None = None, cpu_threads: int | None = 1, log_level: str = "info",
-          token: str | None = None) -> None:
-    """Load the replicas (a bad --model raises ValueError before the port is bound) and serve until interrupted."""
+          token: str | None = None, idle_exit_s: float | None = None) -> None:
+    """Load the replicas (a bad --model raises ValueError before the port is bound) and serve until interrupted, or
+    until no request has come for idle_exit_s seconds."""
     check_model_dir(model)  # before the slow imports: a wrong --model fails at once
     import torch
     import uvicorn
@@ -326,4 +360,9 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, max_
         print(f"warning: serving on {host}:{port} without a token: anyone who can reach this address can use the "
               f"server; set {TOKEN_ENV} (the clients send it too)", file=sys.stderr, flush=True)
     app = create_app(scorer, Limits(max_request=max_request, max_body_bytes=max_body_mb * 1024 * 1024), token=token)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    if idle_exit_s:
+        app = IdleExit(app, idle_exit_s)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    if idle_exit_s:
+        app.watch(server)
+    server.run()

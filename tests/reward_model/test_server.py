@@ -315,7 +315,7 @@ def test_serve_warns_when_bound_beyond_loopback_without_a_token(tiny_rm_dir, mon
     from evaluation.reward_model import server
 
     binds = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: binds.append((host, port)))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: binds.append((self.config.host, self.config.port)))
     warning = ("warning: serving on 0.0.0.0:8899 without a token: anyone who can reach this address can use the "
                "server; set REWARD_SERVER_TOKEN (the clients send it too)\n")
     for host, token, err in [("0.0.0.0", None, warning), ("0.0.0.0", "t", ""), ("127.0.0.1", None, ""),
@@ -361,3 +361,57 @@ def test_cli_serve_on_an_empty_or_corrupt_model_dir_is_one_line(tiny_rm_dir, tmp
         assert err.rstrip().endswith(expected)
     with socket.socket() as s:  # nothing was left bound to the port
         s.bind(("127.0.0.1", port))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().split(") ")[-1].startswith("Z")  # a zombie has exited
+
+
+def test_serve_exits_once_idle_and_requests_keep_it_up(tiny_rm_dir, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    with running_server(str(tiny_rm_dir), tmp_path / "serve.log", args=["--idle-exit-s", "2", "--log-level", "warning"],
+                        env=env, ready_timeout_s=90) as server:
+        health = server.url.removesuffix("/predict") + "/health"
+        for _ in range(8):  # 4 s of requests, twice the idle limit
+            assert httpx.get(health, timeout=2).status_code == 200
+            time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while server.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.proc.poll() == 0
+    assert "idle for 2 s: exiting" in (tmp_path / "serve.log").read_text()
+
+
+def test_shared_server_is_started_once_reused_and_replaced_when_the_model_changes(tiny_rm_dir, tmp_path):
+    import shutil
+
+    from evaluation.reward_model.lifecycle import SharedServer, shared_server, shared_state_path, stop_shared_server
+
+    model = tmp_path / "rm"
+    shutil.copytree(tiny_rm_dir, model)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    kw = dict(env=env, idle_exit_s=60, ready_timeout_s=90, args=["--log-level", "warning"])
+    shared_state_path(str(model)).write_text("{torn")  # a corrupt record is no server
+    with shared_server(str(model), tmp_path / "a.log", token="t0k", **kw) as first:
+        assert isinstance(first, SharedServer) and first.started
+        body = {"prompts": PROMPTS[:2], "responses": RESPONSES[:2]}
+        assert httpx.post(first.url, json=body, headers={"Authorization": "Bearer t0k"}, timeout=30).status_code == 200
+    assert _alive(first.pid)  # the step is over, the server is not
+    record = json.loads(shared_state_path(str(model)).read_text())
+    assert record["pid"] == first.pid and "t0k" not in json.dumps(record)  # the token is never written down
+    assert oct(shared_state_path(str(model)).stat().st_mode & 0o777) == "0o600"
+    with shared_server(str(model), tmp_path / "b.log", token="t0k", **kw) as second:
+        assert (second.started, second.pid, second.url) == (False, first.pid, first.url)
+    (model / "config.json").touch()  # a retrained model: the old server goes, a new one serves the new files
+    with shared_server(str(model), tmp_path / "c.log", token="t0k", **kw) as third:
+        assert third.started and third.pid != first.pid
+    assert not _alive(first.pid)
+    assert not stop_shared_server(str(model), "another run's token")
+    assert _alive(third.pid)
+    assert stop_shared_server(str(model), "t0k") and not _alive(third.pid)
+    assert not shared_state_path(str(model)).exists()
+    assert not stop_shared_server(str(model), "t0k")  # nothing left to stop

@@ -91,7 +91,7 @@ def test_cpu_step_threads_follow_its_cpus_unless_the_user_set_them(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert (tmp_path / "threads.txt").read_text() == f"{expected}\n"
     gpu = jobs.StepSpec(name="g", log_dir=tmp_path, argv=["true"], resources=Resources(gpus_per_node=1))
-    assert gpu.command().cpu_threads is None  # GPU steps keep Ray's own per-worker defaults
+    assert gpu.command("slurm").cpu_threads is None  # GPU steps keep Ray's own per-worker defaults
 
 
 @pytest.mark.parametrize("cluster", ["debug", "local"])
@@ -133,6 +133,28 @@ def test_reward_server_runs_next_to_the_command(standin_workdir):
     with pytest.raises(OSError):
         import urllib.request
         urllib.request.urlopen(url.replace("/predict", "/health"), timeout=2)
+
+
+def test_local_steps_share_one_reward_server_until_it_is_stopped(standin_workdir):
+    from evaluation.reward_model.lifecycle import shared_state_path, stop_shared_server
+
+    env = {"TRE_LAUNCH_TOKEN": "b2" * 32}  # one workflow run's secret, as the Snakefile exports it
+    script = "import os; open('url.txt', 'a').write(os.environ['REWARD_SERVER_URL'] + '\\n')"
+    for step in ("a", "b"):
+        proc = _cli("run", "--name", "t", "--log-dir", f"logs/{step}", "--cluster", "local", "--reward-model",
+                    "models/rm/x", "--", PY, "-c", script, cwd=standin_workdir, env=env)
+        assert proc.returncode == 0, proc.stderr
+    first, second = (standin_workdir / "url.txt").read_text().split()
+    assert first == second  # the second step found the first one's server
+    calls = [json.loads(x) for x in (standin_workdir / "calls.jsonl").read_text().splitlines()]
+    serve = [c for c in calls if c["name"] == "reward_model.serve"]
+    assert len(serve) == 1 and serve[0]["argv"][-2:] == ["--idle-exit-s", "300.0"]
+    model = str(standin_workdir / "models/rm/x")
+    assert shared_state_path(model).exists()
+    assert stop_shared_server(model, derived_secret("b2" * 32, "reward-server"))
+    with pytest.raises(OSError):
+        import urllib.request
+        urllib.request.urlopen(first.replace("/predict", "/health"), timeout=2)
 
 
 def test_reward_server_that_never_gets_ready_fails_the_step(standin_workdir):

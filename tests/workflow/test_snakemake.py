@@ -133,6 +133,7 @@ def test_pipeline_runs_reruns_nothing_and_only_what_a_change_touches(standin_wor
 
     report = snakemake(work, "all", "--configfile", cfg, "--report", "report.html")
     assert report.returncode == 0, report.stderr[-2000:]
+
     html = (work / "report.html").read_text()
     assert "curves.png" in html and "Figures" in html
 
@@ -152,6 +153,21 @@ def test_pipeline_runs_reruns_nothing_and_only_what_a_change_touches(standin_wor
     fig = snakemake(work, "results/figures/curves.pdf", "--configfile", cfg)
     assert fig.returncode == 0, fig.stderr[-2000:]
     assert [c["name"] for c in _calls(work)[n_calls:]] == ["figures.curves"]
+
+
+def test_local_hh_steps_share_one_reward_server_that_the_run_stops(standin_workdir, snakemake):
+    from evaluation.reward_model.lifecycle import shared_state_path
+
+    work = standin_workdir
+    cfg = _write_config(work, {"tasks": ["hh"], "methods": ["ppo", "tre_k"], "launcher": {"cluster": "local"}})
+    proc = snakemake(work, "all", "--configfile", cfg)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = [c["name"] for c in _calls(work)]
+    # two trainings and two evaluations scored through one server, started by the first of them
+    assert names.count("train") == 2 and names.count("evaluate") == 2 and names.count("reward_model.serve") == 1
+    for run in ("ppo", "tre_k"):
+        assert json.loads((work / f"runs/hh/tiny/{run}/seed0/eval/16/scores.json").read_text())["metrics"]["mean@4"] == 4.0
+    assert not shared_state_path(str(work / "models/rm/tiny")).exists()  # stopped when the run ended
 
 
 def test_warm_start_runs_once_before_the_runs_that_start_from_it(standin_workdir, snakemake):

@@ -9,10 +9,13 @@ Every heavy Snakemake rule calls `python -m workflow.launcher run ... -- CMD ...
 - for checkpointable steps (training) answers USR2 (time limit / preemption) by sending SIGTERM to the
   step's process group, waiting for it to save, and requeueing the same command (which resumes),
 - for multi-node allocations starts a Ray head on rank 0 and Ray workers on the other ranks,
-- optionally runs the HH reward-model server next to the command (evaluation.reward_model.lifecycle),
+- optionally runs the HH reward-model server next to the command (evaluation.reward_model.lifecycle): on Slurm
+  one per job, on the local executor one per model shared by the steps that hold the same secret (the first starts
+  it, the workflow stops it at its end, and it exits after 5 idle minutes in any case),
 - gives each launch a secret (env TRE_LAUNCH_TOKEN, generated unless the workflow exported one, never written to
-  a file): the reward server requires it and the reward client sends it, the ranks' rendezvous messages carry its
-  HMAC, and the Ray cluster's token is derived from it; the rendezvous and Ray records are owner-only,
+  a file; a local workflow run exports one for all its jobs): the reward server requires it and the reward client
+  sends it, the ranks' rendezvous messages carry its HMAC, and the Ray cluster's token is derived from it; the
+  rendezvous and Ray records are owner-only,
 - exits non-zero with one line naming the job state and its log path when the step fails.
 
 Modules: `cli` (the command line), `cluster` (executor choice, resources -> submitit parameters, Slurm states),

@@ -16,7 +16,8 @@ import submitit
 
 from common.files import atomic_write_text
 from common.processes import terminate_group, wait_child
-from evaluation.reward_model.lifecycle import RunningServer, ServerNotReady, client_env, running_server
+from evaluation.reward_model.lifecycle import (RunningServer, ServerNotReady, SharedServer, client_env, running_server,
+                                               shared_server)
 from workflow.launcher.errors import StepFailed
 from workflow.launcher.multinode import my_ip, ray_cli, rendezvous, start_ray
 from workflow.launcher.task import ignore_usr2, job_env, restart_count
@@ -34,6 +35,7 @@ class Command:
     ray_cmd: list[str] = dataclasses.field(default_factory=ray_cli)
     term_grace_s: float = 60.0
     cpu_threads: Optional[int] = None  # OMP_NUM_THREADS for the command unless the environment sets it
+    share_reward_server: bool = False  # local steps share one reward server per model (lifecycle.shared_server)
 
     def __post_init__(self) -> None:
         self._proc: Optional[subprocess.Popen] = None
@@ -58,6 +60,10 @@ class Command:
         """The reward server for this step (loopback unless other nodes score through it), or nothing."""
         if not self.reward_model:
             return contextlib.nullcontext()
+        if self.share_reward_server and env["num_tasks"] == 1:
+            # starting one costs a step ~3 CPU seconds (torch, transformers, the model): 36 of them in the miniature
+            return shared_server(self.reward_model, folder / "reward_server.log", token=reward_token(), cwd=self.cwd,
+                                 env=child_environ(), preexec_fn=ignore_usr2)
         host = "127.0.0.1" if env["num_tasks"] == 1 else my_ip()
         return running_server(self.reward_model, folder / "reward_server.log", host=host, token=reward_token(),
                               cwd=self.cwd, env=child_environ(), preexec_fn=ignore_usr2)
@@ -76,6 +82,9 @@ class Command:
                 if server is not None:
                     self._server = server  # for checkpoint(), which stops it from the USR2 handler
                     run_env.update(server.client_env())
+                    if isinstance(server, SharedServer):
+                        print(f"[launcher] reward server: {'started' if server.started else 'sharing'} pid {server.pid} "
+                              f"({server.log_path})", flush=True)
                 print(f"[launcher] {shlex.join(self.argv)}", flush=True)
                 self._proc = subprocess.Popen(self.argv, cwd=self.cwd, env=run_env, start_new_session=True,
                                               preexec_fn=ignore_usr2)

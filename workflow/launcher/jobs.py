@@ -43,15 +43,15 @@ class StepSpec:
         blob = json.dumps({"argv": self.argv, "reward_model": self.reward_model, "ray": self.ray}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def command(self) -> Command:
-        """The callable the job runs."""
+    def command(self, cluster: str) -> Command:
+        """The callable the job runs on `cluster` (resolved: slurm, local or debug)."""
         cls = CheckpointableCommand if self.checkpointable else Command
         # A CPU-only step's torch threads are capped at its CPUs: otherwise each of its processes (Ray driver,
         # TaskRunner, workers) sizes its pool to the whole machine, and two steps side by side on 2 cores took
         # twice as long (measured: a pair of 20-step tiny PPO runs 173 s vs 88 s). GPU steps keep Ray's defaults.
         threads = self.resources.cpus_per_task if not self.resources.gpus_per_node else None
         return cls(argv=list(self.argv), cwd=self.cwd or os.getcwd(), reward_model=self.reward_model, ray=self.ray,
-                   term_grace_s=self.term_grace_s, cpu_threads=threads)
+                   term_grace_s=self.term_grace_s, cpu_threads=threads, share_reward_server=cluster == "local")
 
 
 def _now() -> str:
@@ -143,7 +143,7 @@ def launch(spec: StepSpec) -> dict[str, Any]:
         executor = submitit.AutoExecutor(folder=spec.log_dir / "%j", cluster=cluster, **kwargs)
         executor.update_parameters(**params)
         try:
-            job = executor.submit(spec.command())
+            job = executor.submit(spec.command(cluster))
         except Exception as e:  # sbatch refusing the request, no Slurm controller, ...
             raise JobFailed(f"{spec.name}: submission to {cluster} failed: {str(e).strip().splitlines()[-1]}") from e
         record.update(job_id=job.job_id, state="submitted", submitted=_now())

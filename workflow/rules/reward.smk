@@ -1,5 +1,6 @@
 # The HH reward model of each size (TRL RewardTrainer through the launcher). Its server is started by the
-# launcher next to each HH training/evaluation step (--reward-model), on loopback, for that step's lifetime.
+# launcher next to each HH training/evaluation step (--reward-model), on loopback: for that step's lifetime on Slurm,
+# shared by the run's steps on the local launcher (the first starts it; it stops when the run ends or sits idle).
 
 
 def rm_inputs(wc):
@@ -29,3 +30,21 @@ rule rm_train:
             argv=[PY, "-m", "evaluation.reward_model", *params.args],
         )
         shell_logged(cmd, log)
+
+
+def stop_shared_reward_servers():
+    """The local launcher's shared reward servers of this run (a server another run started is not ours)."""
+    if CLUSTER != "local":
+        return
+    from evaluation.reward_model.lifecycle import stop_shared_server
+
+    for model in sorted({reward_model_of(r) for r in RUNS} - {None}):
+        stop_shared_server(model, reward_token())
+
+
+onsuccess:
+    stop_shared_reward_servers()
+
+
+onerror:
+    stop_shared_reward_servers()
