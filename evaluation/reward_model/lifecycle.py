@@ -169,8 +169,9 @@ def _stop_pid(pid: int, grace_s: float = STOP_GRACE_S) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as f:
+def _locked() -> Iterator[None]:
+    """This user's lock over the shared servers' state files (one file, however many models: none is left per model)."""
+    with open(Path(tempfile.gettempdir()) / f"tre-reward-server-{os.getuid()}.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -219,7 +220,7 @@ def shared_server(model: str, log_path: Path, *, token: Optional[str] = None, ar
     ServerNotReady, as running_server does."""
     model = os.path.abspath(os.path.join(cwd or os.getcwd(), model))
     state_path = shared_state_path(model)
-    with _locked(state_path.with_suffix(".lock")):
+    with _locked():
         state = _read_state(state_path)
         if _ours(state, model, token) and state["stamp"] == _stamp(model):
             server = SharedServer(state["url"], token, Path(state["log"]), state["pid"], started=False)
@@ -254,7 +255,7 @@ def stop_shared_server(model: str, token: Optional[str]) -> bool:
     """Stop this machine's shared server of `model` if it serves `token`'s holders; whether one was stopped."""
     model = os.path.abspath(model)
     state_path = shared_state_path(model)
-    with _locked(state_path.with_suffix(".lock")):
+    with _locked():
         state = _read_state(state_path)
         if not _ours(state, model, token):
             return False
