@@ -85,28 +85,33 @@ def running_server(model: str, log_path: Path, *, host: str = "127.0.0.1", port:
 
     The token reaches the server through its environment, never argv (ps shows argv); `env` defaults to this
     process's. `args` are more `serve` flags. A server that exits or is not ready in time raises ServerNotReady."""
-    port = free_port() if port is None else port
-    argv = _serve_argv(model, host, port, args)
-    child_env = {**(env if env is not None else os.environ), **client_env(token=token)}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
-                                start_new_session=True, preexec_fn=preexec_fn)
-    server = RunningServer(proc, f"http://{host}:{port}/predict", token, log_path)
-    try:
-        wait_http_ok(f"http://{host}:{port}/health", ready_timeout_s, alive=lambda: proc.poll() is None)
-    except ServerNotReady as e:
-        server.stop()
-        raise ServerNotReady(f"{e}; log: {log_path}") from None
+    proc, url = _start(model, log_path, host=host, port=free_port() if port is None else port, token=token,
+                       args=args, cwd=cwd, env=env, ready_timeout_s=ready_timeout_s, preexec_fn=preexec_fn)
+    server = RunningServer(proc, url, token, log_path)
     try:
         yield server
     finally:
         server.stop()
 
 
-def _serve_argv(model: str, host: str, port: int, args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "evaluation.reward_model", "serve", "--model", model, "--host", host,
+def _start(model: str, log_path: Path, *, host: str, port: int, token: Optional[str], args: Sequence[str],
+           cwd: Optional[str], env: Optional[Mapping[str, str]], ready_timeout_s: float,
+           preexec_fn: Optional[Callable[[], None]]) -> tuple[subprocess.Popen, str]:
+    """Start `serve` in its own session (output appended to log_path) and wait for GET /health: (process, /predict
+    URL). A server that exits or is not ready in time is stopped and raises ServerNotReady naming the log."""
+    argv = [sys.executable, "-m", "evaluation.reward_model", "serve", "--model", model, "--host", host,
             "--port", str(port), *args]
+    child_env = {**(env if env is not None else os.environ), **client_env(token=token)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
+                                start_new_session=True, preexec_fn=preexec_fn)
+    try:
+        wait_http_ok(f"http://{host}:{port}/health", ready_timeout_s, alive=lambda: proc.poll() is None)
+    except ServerNotReady as e:
+        terminate_group(proc, STOP_GRACE_S)
+        raise ServerNotReady(f"{e}; log: {log_path}") from None
+    return proc, f"http://{host}:{port}/predict"
 
 
 def shared_state_path(model: str) -> Path:
@@ -227,19 +232,9 @@ def shared_server(model: str, log_path: Path, *, token: Optional[str] = None, ar
         else:
             if _ours(state, model, token):
                 _stop_pid(state["pid"])
-            port = free_port()
-            argv = _serve_argv(model, "127.0.0.1", port, [*args, "--idle-exit-s", str(idle_exit_s)])
-            child_env = {**(env if env is not None else os.environ), **client_env(token=token)}
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "ab") as log:
-                proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=child_env,
-                                        start_new_session=True, preexec_fn=preexec_fn)
-            url = f"http://127.0.0.1:{port}/predict"
-            try:
-                wait_http_ok(url.removesuffix("/predict") + "/health", ready_timeout_s, alive=lambda: proc.poll() is None)
-            except ServerNotReady as e:
-                terminate_group(proc, STOP_GRACE_S)
-                raise ServerNotReady(f"{e}; log: {log_path}") from None
+            proc, url = _start(model, log_path, host="127.0.0.1", port=free_port(), token=token,
+                               args=[*args, "--idle-exit-s", str(idle_exit_s)], cwd=cwd, env=env,
+                               ready_timeout_s=ready_timeout_s, preexec_fn=preexec_fn)
             record = {"pid": proc.pid, "url": url, "model": model, "stamp": _stamp(model),
                       "token_id": _token_id(token), "log": str(log_path)}
             atomic_write_text(state_path, json.dumps(record) + "\n", private=True)
