@@ -1,4 +1,4 @@
-"""Child processes in their own process group: stop the whole group, wait without Popen's lock; a free TCP port."""
+"""Child processes in their own process group: stop the whole group (by Popen or by pid), wait without Popen's lock; a free TCP port."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 
 def free_port() -> int:
@@ -32,23 +32,48 @@ def _reap(proc: subprocess.Popen) -> bool:
     return True
 
 
+def _stop_group(pid: int, grace_s: float, exited: Callable[[], bool]) -> None:
+    """SIGTERM the process group `pid` leads, wait up to grace_s for exited(), then SIGKILL it."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
+        if exited():
+            return
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait_s
+        while not exited() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 def terminate_group(proc: subprocess.Popen, grace_s: float) -> Optional[int]:
     """SIGTERM the process group of proc, wait up to grace_s, then SIGKILL it; return its exit code.
 
     May run inside a signal handler (the launcher's USR2 -> checkpoint), possibly while the interrupted main thread
     is in a Popen call that holds Popen's internal wait lock; Popen.wait() here could deadlock, so the child is
     reaped with waitpid."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
-        if _reap(proc):
-            break
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + wait_s
-        while not _reap(proc) and time.monotonic() < deadline:
-            time.sleep(0.1)
+    _stop_group(proc.pid, grace_s, lambda: _reap(proc))
     return proc.returncode
+
+
+def _pid_gone(pid: int) -> bool:
+    """Whether pid has exited (reaped here if it is this process's child), or is not this user's to signal."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:  # not our child: its parent or init reaps it
+        pass
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return True
+    return False
+
+
+def terminate_pid_group(pid: int, grace_s: float) -> None:
+    """terminate_group for a group leader known only by its pid (started detached, perhaps by a process since
+    gone)."""
+    _stop_group(pid, grace_s, lambda: _pid_gone(pid))
 
 
 def wait_child(proc: subprocess.Popen, poll_s: float = 0.5) -> int:

@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from common.files import atomic_write_text
-from common.processes import free_port, terminate_group
+from common.processes import free_port, terminate_group, terminate_pid_group
 from evaluation.tasks.hh import TOKEN_ENV, URL_ENV
 
 READY_TIMEOUT_S = 900.0  # loading a 7B reward model onto its GPUs
@@ -42,18 +41,23 @@ def client_env(url: Optional[str] = None, token: Optional[str] = None) -> dict[s
     return {**env, TOKEN_ENV: token} if token else env
 
 
+def _get_json(url: str) -> Optional[Any]:
+    """GET url's JSON body, or None if it does not answer 2xx with JSON within 2 s."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return json.loads(r.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+        return None
+
+
 def wait_http_ok(url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> None:
-    """Poll url until it answers 200; raise ServerNotReady on timeout or when alive() turns False."""
+    """Poll url until it answers with JSON; raise ServerNotReady on timeout or when alive() turns False."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not alive():
             raise ServerNotReady(f"server behind {url} exited before it was ready")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
+        if _get_json(url) is not None:
+            return
         time.sleep(0.5)
     raise ServerNotReady(f"{url} not ready after {timeout_s:.0f} s")
 
@@ -61,7 +65,7 @@ def wait_http_ok(url: str, timeout_s: float, alive: Callable[[], bool] = lambda:
 class RunningServer:
     """A started reward server: its /predict URL, its token, and how to stop it (its whole process group)."""
 
-    def __init__(self, proc: subprocess.Popen, url: str, token: Optional[str], log_path: Path) -> None:
+    def __init__(self, proc: Optional[subprocess.Popen], url: str, token: Optional[str], log_path: Path) -> None:
         self.proc: Optional[subprocess.Popen] = proc
         self.url, self.token, self.log_path = url, token, log_path
 
@@ -114,10 +118,14 @@ def _start(model: str, log_path: Path, *, host: str, port: int, token: Optional[
     return proc, f"http://{host}:{port}/predict"
 
 
+def _user_file(suffix: str) -> Path:
+    """This user's file `suffix` of the shared servers, in the temp dir."""
+    return Path(tempfile.gettempdir()) / f"tre-reward-server-{os.getuid()}{suffix}"
+
+
 def shared_state_path(model: str) -> Path:
     """Where this machine's shared server of `model` is recorded: per user and model directory, in the temp dir."""
-    key = hashlib.sha256(os.path.abspath(model).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"tre-reward-server-{os.getuid()}-{key}.json"
+    return _user_file("-" + hashlib.sha256(os.path.abspath(model).encode()).hexdigest()[:16] + ".json")
 
 
 def _stamp(model: str) -> list[list[Any]]:
@@ -132,12 +140,9 @@ def _token_id(token: Optional[str]) -> str:
     return hashlib.sha256(b"tre-shared-reward-server:" + (token or "").encode()).hexdigest()
 
 
-def _health(url: str) -> Optional[dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url.removesuffix("/predict") + "/health", timeout=2) as r:
-            return json.loads(r.read())
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
-        return None
+def _health(url: str) -> Optional[Any]:
+    """GET /health of the server behind a /predict URL."""
+    return _get_json(url.removesuffix("/predict") + "/health")
 
 
 def _read_state(path: Path) -> Optional[dict[str, Any]]:
@@ -148,35 +153,10 @@ def _read_state(path: Path) -> Optional[dict[str, Any]]:
     return state if isinstance(state, dict) and {"pid", "url", "model", "stamp", "token_id"} <= state.keys() else None
 
 
-def _gone(pid: int) -> bool:
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # this process started it: reaped now
-            return True
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def _stop_pid(pid: int, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the process group a shared server leads (usually not our child), SIGKILL it after grace_s."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + wait_s
-        while not _gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
     """This user's lock over the shared servers' state files (one file, however many models: none is left per model)."""
-    with open(Path(tempfile.gettempdir()) / f"tre-reward-server-{os.getuid()}.lock", "a") as f:
+    with open(_user_file(".lock"), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -190,14 +170,14 @@ def _ours(state: Optional[dict[str, Any]], model: str, token: Optional[str]) -> 
     if state is None or state["token_id"] != _token_id(token) or state["model"] != model:
         return False
     health = _health(state["url"])
-    return health is not None and health.get("model") == model
+    return isinstance(health, dict) and health.get("model") == model
 
 
 class SharedServer(RunningServer):
     """A shared server as one step sees it: stop() ends this step's keep-alive, never the server."""
 
     def __init__(self, url: str, token: Optional[str], log_path: Path, pid: int, started: bool) -> None:
-        super().__init__(None, url, token, log_path)  # type: ignore[arg-type]
+        super().__init__(None, url, token, log_path)
         self.pid, self.started = pid, started
         self._done = threading.Event()
         threading.Thread(target=self._keepalive, name="reward-server-keepalive", daemon=True).start()
@@ -226,16 +206,17 @@ def shared_server(model: str, log_path: Path, *, token: Optional[str] = None, ar
     model = os.path.abspath(os.path.join(cwd or os.getcwd(), model))
     state_path = shared_state_path(model)
     with _locked():
-        state = _read_state(state_path)
-        if _ours(state, model, token) and state["stamp"] == _stamp(model):
+        state, stamp = _read_state(state_path), _stamp(model)
+        live = _ours(state, model, token)
+        if live and state["stamp"] == stamp:
             server = SharedServer(state["url"], token, Path(state["log"]), state["pid"], started=False)
         else:
-            if _ours(state, model, token):
-                _stop_pid(state["pid"])
+            if live:
+                terminate_pid_group(state["pid"], STOP_GRACE_S)
             proc, url = _start(model, log_path, host="127.0.0.1", port=free_port(), token=token,
                                args=[*args, "--idle-exit-s", str(idle_exit_s)], cwd=cwd, env=env,
                                ready_timeout_s=ready_timeout_s, preexec_fn=preexec_fn)
-            record = {"pid": proc.pid, "url": url, "model": model, "stamp": _stamp(model),
+            record = {"pid": proc.pid, "url": url, "model": model, "stamp": stamp,
                       "token_id": _token_id(token), "log": str(log_path)}
             atomic_write_text(state_path, json.dumps(record) + "\n", private=True)
             proc.returncode = 0  # detached on purpose: no "still running" warning when this Popen is collected
@@ -254,6 +235,6 @@ def stop_shared_server(model: str, token: Optional[str]) -> bool:
         state = _read_state(state_path)
         if not _ours(state, model, token):
             return False
-        _stop_pid(state["pid"])
+        terminate_pid_group(state["pid"], STOP_GRACE_S)
         state_path.unlink(missing_ok=True)
         return True

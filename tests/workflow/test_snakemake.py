@@ -133,7 +133,6 @@ def test_pipeline_runs_reruns_nothing_and_only_what_a_change_touches(standin_wor
 
     report = snakemake(work, "all", "--configfile", cfg, "--report", "report.html")
     assert report.returncode == 0, report.stderr[-2000:]
-
     html = (work / "report.html").read_text()
     assert "curves.png" in html and "Figures" in html
 
