@@ -161,13 +161,18 @@ def default_scorer(task: str) -> Scorer:
 def generate(model_dir: str, examples: Sequence[Example], n: int, max_new_tokens: int, *, seed: int = 0,
              batch_size: int = 8, device: str = "cpu") -> list[list[str]]:
     """n sampled responses per prompt (chat template + assistant header, T = 1.0, top-p 0.7, no top-k)."""
+    from common.imports import skip_unused_optional_imports
+
+    skip_unused_optional_imports()  # before transformers loads its generation code
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from common.masking import install as broadcast_sdpa_mask
     from common.sampling import install as exact_fast_top_p
 
     exact_fast_top_p()
+    broadcast_sdpa_mask()
     try:
         tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")

@@ -113,3 +113,12 @@ def test_the_register_center_reaches_its_process_without_verl(tmp_path):
             "assert center.get_rank_zero_info() == {'MASTER_ADDR': 'x'} and center.get_worker_info() == {0: 'node'}\n")
     assert _imported_heavy(code) == []
 
+
+
+def test_a_verl_worker_loads_its_models_without_scikit_learn_and_scipy():
+    # Ray runs worker_setup first in every worker; the WorkerDict then imports verl's FSDP workers (and transformers)
+    code = ("from tre.backend.cpu import worker_setup\nworker_setup()\nimport verl.workers.fsdp_workers\n"
+            "from transformers import Qwen2ForCausalLM\nimport transformers.generation.utils\nimport sys\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

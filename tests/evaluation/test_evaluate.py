@@ -60,6 +60,18 @@ def test_evaluate_writes_samples_and_scores(run_dir):
         [s["response"] for s in samples] and again["metrics"] == res["metrics"]
 
 
+def test_evaluation_samples_without_importing_scikit_learn_or_scipy(run_dir):
+    # transformers imports them (2-3 CPU s) unless told they are absent (common.imports)
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom evaluation.evaluate import evaluate\n"
+            f"evaluate({str(run_dir)!r}, n=1, lm_eval=False, scorer=lambda ds, rs, gts, eis: [0.0] * len(rs))\n"
+            "print({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy'}, 'transformers.generation.utils' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "set() True"
+
+
 def test_step_zero_evaluates_the_initial_model_with_the_task_scorer(run_dir, tiny_model):
     res = evaluate(run_dir, step=0, limit=2, lm_eval=False)
     assert res["model"] == str(tiny_model) and res["num_prompts"] == 2 and set(res["metrics"]) == {"mean@1", "pass@1"}

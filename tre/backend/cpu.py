@@ -7,7 +7,8 @@ The shims (docs/fidelity.md, "Deviations") only run when CUDA is absent; nothing
   B. sdpa instead of the hard-coded flash_attention_2;
   C. the torch.cuda-only memory/RNG functions verl calls on `torch.cpu`;
   D. `BaseShardingManager.timing`, which the HF rollout path reads but never sets;
-  E. transformers' top-p filter without its vocabulary sort (common.sampling), for speed: its output is the same bits.
+  E. transformers' top-p filter without its vocabulary sort (common.sampling), for speed: its output is the same bits;
+  F. transformers' SDPA causal mask by broadcasting instead of torch.vmap (common.masking), for speed: the same mask.
 `worker_setup` is Ray's `worker_process_setup_hook`: it runs at the start of every worker process, before verl
 builds its workers (too early for `external_lib`, which is imported in `init_model`).
 """
@@ -212,9 +213,10 @@ def apply_compat_shims() -> None:
 
 
 def apply_cpu_shims() -> bool:
-    """Install shims A-E when CUDA is absent; returns whether they were installed."""
+    """Install shims A-F when CUDA is absent; returns whether they were installed."""
     import torch
 
+    from common.masking import install as broadcast_sdpa_mask
     from common.sampling import install as exact_fast_top_p
 
     if torch.cuda.is_available():
@@ -224,6 +226,7 @@ def apply_cpu_shims() -> bool:
     _shim_attention()
     _shim_sharding_manager()
     exact_fast_top_p()
+    broadcast_sdpa_mask()
     return True
 
 
@@ -294,8 +297,12 @@ def worker_setup() -> None:
     the WorkerDicts), the shims, seeding, exact resume and the metrics.jsonl sink.
 
     Deferred to verl's import so that Ray's helper actors (verl's register center) start without importing torch and
-    verl: that import cost every run about 8 CPU seconds for an actor that holds one dict."""
+    verl: that import cost every run about 8 CPU seconds for an actor that holds one dict. A process that imports
+    transformers does so without scikit-learn and SciPy (common.imports)."""
+    from common.imports import skip_unused_optional_imports
+
     exit_with_parent()
+    after_import("transformers", skip_unused_optional_imports)
     after_import("verl", _setup_verl_process)
 
 
