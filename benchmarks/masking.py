@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 import sys
 import tempfile
-import time
+import timeit
 
 import torch
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask_recent_torch
@@ -24,13 +24,8 @@ from common.argtypes import Parser, int_at_least
 
 
 def _median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    fn()  # warm-up
+    return statistics.median(timeit.repeat(fn, number=1, repeat=reps)) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:

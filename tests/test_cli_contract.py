@@ -345,7 +345,9 @@ def test_prepare_keeps_an_existing_pair_when_a_split_is_empty(tmp_path):
     ([str(REPO / "benchmarks" / "figures.py"), "--repeat", "0"], "--repeat"),
     ([str(REPO / "benchmarks" / "kernel.py"), "--positions", "abc"], "--positions"),
     ([str(REPO / "benchmarks" / "sampling.py"), "--scales", "3,abc"], "--scales"),
-], ids=["evaluation.tasks", "figures", "benchmarks-figures", "benchmarks-kernel", "benchmarks-sampling"])
+    ([str(REPO / "benchmarks" / "masking.py"), "--prompt", "1"], "--prompt"),
+], ids=["evaluation.tasks", "figures", "benchmarks-figures", "benchmarks-kernel", "benchmarks-sampling",
+        "benchmarks-masking"])
 def test_the_real_entry_point_prints_one_line(argv, names, tmp_path):
     """The command as a user runs it: one stderr line, nonzero exit (the in-process cases cover the rest)."""
     build_sandbox(tmp_path)
