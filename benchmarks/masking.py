@@ -17,7 +17,7 @@ import tempfile
 import timeit
 
 import torch
-from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask_recent_torch
+from transformers.masking_utils import AttentionMaskInterface, causal_mask_function
 
 from common import masking
 from common.argtypes import Parser, int_at_least
@@ -46,11 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(0)
     starts = torch.randint(0, args.prompt // 2, (args.batch,), generator=g)  # left padding, as verl's rollout
     attention_mask = (torch.arange(args.prompt).unsqueeze(0) >= starts.unsqueeze(1)).long()
-    transformers_own = AttentionMaskInterface._global_mapping["sdpa"]
-    if getattr(transformers_own, "_tre_shim", False):
-        transformers_own = sdpa_mask_recent_torch
     masking.install()
     ours = AttentionMaskInterface._global_mapping["sdpa"]
+    transformers_own = ours.__wrapped__
 
     kv = args.prompt + 20
     call = dict(batch_size=args.batch, cache_position=torch.tensor([kv - 1]), kv_length=kv, kv_offset=0,

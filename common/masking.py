@@ -15,19 +15,18 @@ Any other mask function goes to transformers' own `sdpa_mask`. The tests compare
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import torch
+from transformers.masking_utils import (AttentionMaskInterface, _ignore_causal_mask_sdpa, causal_mask_function,
+                                        prepare_padding_mask)
 
 
 def sdpa_mask(original: Callable, batch_size: int, cache_position: torch.Tensor, kv_length: int, kv_offset: int = 0,
-              mask_function: Optional[Callable] = None, attention_mask: Optional[torch.Tensor] = None,
+              mask_function: Callable = causal_mask_function, attention_mask: Optional[torch.Tensor] = None,
               local_size: Optional[int] = None, allow_is_causal_skip: bool = True, **kwargs) -> Optional[torch.Tensor]:
     """transformers' `sdpa_mask` (B, 1, Q, KV) for the causal mask function; `original` for any other."""
-    from transformers.masking_utils import _ignore_causal_mask_sdpa, causal_mask_function, prepare_padding_mask
-
-    if mask_function is None:
-        mask_function = causal_mask_function
     if mask_function is not causal_mask_function:
         return original(batch_size, cache_position, kv_length, kv_offset, mask_function, attention_mask, local_size,
                         allow_is_causal_skip, **kwargs)
@@ -44,13 +43,13 @@ def sdpa_mask(original: Callable, batch_size: int, cache_position: torch.Tensor,
 
 
 def install() -> None:
-    """Register `sdpa_mask` for transformers' "sdpa" attention in this process (idempotent)."""
-    from transformers.masking_utils import AttentionMaskInterface
-
+    """Register `sdpa_mask` for transformers' "sdpa" attention in this process (idempotent; the registered function's
+    `__wrapped__` is transformers' own)."""
     original = AttentionMaskInterface._global_mapping["sdpa"]
     if getattr(original, "_tre_shim", False):
         return
 
+    @functools.wraps(original)
     def fast(*args, **kwargs):
         return sdpa_mask(original, *args, **kwargs)
 

@@ -114,7 +114,6 @@ def test_the_register_center_reaches_its_process_without_verl(tmp_path):
     assert _imported_heavy(code) == []
 
 
-
 def test_a_verl_worker_loads_its_models_without_scikit_learn_and_scipy():
     # Ray runs worker_setup first in every worker; the WorkerDict then imports verl's FSDP workers (and transformers)
     code = ("from tre.backend.cpu import worker_setup\nworker_setup()\nimport verl.workers.fsdp_workers\n"
